@@ -194,15 +194,21 @@ def attend_shard_bwd(
                 dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=f)
                 ds_BKGqs = p_BKGqs * (dp - delta[..., None]) * scale
                 dv += jnp.einsum(
-                    "bkgqs,bqkgd->bskd", p_BKGqs.astype(do_blk.dtype), do_blk,
+                    "bkgqs,bqkgd->bskd",
+                    p_BKGqs.astype(do_blk.dtype),
+                    do_blk,
                     preferred_element_type=f,
                 )
                 dk += jnp.einsum(
-                    "bkgqs,bqkgd->bskd", ds_BKGqs.astype(q_blk.dtype), q_blk,
+                    "bkgqs,bqkgd->bskd",
+                    ds_BKGqs.astype(q_blk.dtype),
+                    q_blk,
                     preferred_element_type=f,
                 )
                 dq_blk = jnp.einsum(
-                    "bkgqs,bskd->bqkgd", ds_BKGqs.astype(k_blk.dtype), k_blk,
+                    "bkgqs,bskd->bqkgd",
+                    ds_BKGqs.astype(k_blk.dtype),
+                    k_blk,
                     preferred_element_type=f,
                 )
                 return dq_b.at[i].add(dq_blk), dk, dv
@@ -218,9 +224,7 @@ def attend_shard_bwd(
         )
         return dq_b, (dk, dv)
 
-    dq_b, (dk_b, dv_b) = jax.lax.scan(
-        per_k_block, jnp.zeros(qb.shape, f), (kb, vb, kpos, kseg)
-    )
+    dq_b, (dk_b, dv_b) = jax.lax.scan(per_k_block, jnp.zeros(qb.shape, f), (kb, vb, kpos, kseg))
     return _unblocks(dq_b), _unblocks(dk_b), _unblocks(dv_b)
 
 
@@ -269,8 +273,17 @@ def _blockwise_bwd(causal, block_size, res, do):
     do5 = do.reshape(q5.shape)
     side = _sides(segment_ids)
     dq, dk, dv = attend_shard_bwd(
-        q5, k, v, do5, lse, delta_of(out5, do5), side, side,
-        causal=causal, block_q=b, block_k=b,
+        q5,
+        k,
+        v,
+        do5,
+        lse,
+        delta_of(out5, do5),
+        side,
+        side,
+        causal=causal,
+        block_q=b,
+        block_k=b,
     )
     return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 

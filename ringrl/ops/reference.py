@@ -53,7 +53,9 @@ def check_shapes(q: Array, k: Array, v: Array, segment_ids: Array | None) -> Non
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"heads ({q.shape[2]}) must be a multiple of kv_heads ({k.shape[2]})")
     if segment_ids is not None and segment_ids.shape != q.shape[:2]:
-        raise ValueError(f"segment_ids must be [batch, seq] = {q.shape[:2]}; got {segment_ids.shape}")
+        raise ValueError(
+            f"segment_ids must be [batch, seq] = {q.shape[:2]}; got {segment_ids.shape}"
+        )
 
 
 def reference_attention(

@@ -1,0 +1,168 @@
+"""A pre-norm decoder Transformer in Flax NNX whose attention implementation is a config choice.
+
+The parameters never depend on ``attention`` (``vanilla | blockwise | ring``) or ``block_size``:
+a checkpoint trained with one runs with any other. The model maps embedded tokens to hidden
+states; token and position embeddings belong to the agent that owns the token layout.
+
+Shape suffixes: B batch, L sequence, D model width, H query heads, K kv heads, E head dim,
+F feed-forward width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import Array
+from jax.sharding import Mesh
+
+from ringrl.ops import IMPLS, attention, blockwise_feedforward
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    num_layers: int = 4
+    d_model: int = 256
+    num_heads: int = 8
+    num_kv_heads: int = 8  # < num_heads: grouped-query attention
+    mlp_ratio: int = 4
+    dropout: float = 0.1
+    attention: str = "vanilla"  # vanilla | blockwise | ring
+    block_size: int = 512  # attention and feed-forward block
+    compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+    remat: bool = True  # rematerialise each layer's activations in the backward pass
+    causal: bool = True
+
+    def __post_init__(self):
+        if self.attention not in IMPLS:
+            raise ValueError(f"attention must be one of {IMPLS}, got {self.attention!r}")
+        if self.d_model % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must divide by num_heads ({self.num_heads}) and "
+                f"num_heads by num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype}")
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.compute_dtype)
+
+
+def _dense(cfg: TransformerConfig, d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=False, dtype=cfg.dtype, rngs=rngs)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        head_dim = cfg.d_model // cfg.num_heads
+        self.q = _dense(cfg, cfg.d_model, cfg.num_heads * head_dim, rngs)
+        self.k = _dense(cfg, cfg.d_model, cfg.num_kv_heads * head_dim, rngs)
+        self.v = _dense(cfg, cfg.d_model, cfg.num_kv_heads * head_dim, rngs)
+        self.o = _dense(cfg, cfg.num_heads * head_dim, cfg.d_model, rngs)
+
+    def __call__(self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None) -> Array:
+        cfg = self.cfg
+        B, L, _ = x_BLD.shape
+        E = cfg.d_model // cfg.num_heads
+        q_BLHE = self.q(x_BLD).reshape(B, L, cfg.num_heads, E)
+        k_BLKE = self.k(x_BLD).reshape(B, L, cfg.num_kv_heads, E)
+        v_BLKE = self.v(x_BLD).reshape(B, L, cfg.num_kv_heads, E)
+        out_BLHE = attention(
+            q_BLHE,
+            k_BLKE,
+            v_BLKE,
+            impl=cfg.attention,
+            mesh=mesh,
+            causal=cfg.causal,
+            segment_ids=segment_ids_BL,
+            block_size=cfg.block_size,
+        )
+        return self.o(out_BLHE.reshape(B, L, cfg.num_heads * E))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.up = _dense(cfg, cfg.d_model, cfg.mlp_ratio * cfg.d_model, rngs)
+        self.down = _dense(cfg, cfg.mlp_ratio * cfg.d_model, cfg.d_model, rngs)
+
+    def __call__(self, x_BLD: Array) -> Array:
+        return self.down(jax.nn.gelu(self.up(x_BLD)))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.norm1 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.attn = Attention(cfg, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+        self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(
+        self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None, deterministic: bool
+    ) -> Array:
+        cfg = self.cfg
+        h = self.attn(self.norm1(x_BLD).astype(cfg.dtype), segment_ids_BL, mesh)
+        x_BLD = x_BLD + self.drop(h, deterministic=deterministic).astype(x_BLD.dtype)
+        shards = mesh.shape["seq"] if (mesh is not None and cfg.attention == "ring") else 1
+        h = blockwise_feedforward(
+            self.mlp,
+            self.norm2(x_BLD).astype(cfg.dtype),
+            block_size=cfg.block_size,
+            num_shards=shards,
+        )
+        return x_BLD + self.drop(h, deterministic=deterministic).astype(x_BLD.dtype)
+
+
+class Transformer(nnx.Module):
+    """Pre-norm decoder: ``num_layers`` x (attention, feed-forward), then a final LayerNorm.
+
+    Call with embedded tokens ``x_BLD`` (float32) and optional ``segment_ids_BL`` (negative =
+    padding). ``mesh`` is needed for ``attention="ring"`` (None: all local devices on
+    ``"seq"``). Returns float32 hidden states ``[B, L, D]``.
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = nnx.LayerNorm(cfg.d_model, rngs=rngs)
+
+    def __call__(
+        self,
+        x_BLD: Array,
+        *,
+        segment_ids: Array | None = None,
+        mesh: Mesh | None = None,
+        deterministic: bool = True,
+    ) -> Array:
+        x_BLD = x_BLD.astype(jnp.float32)
+        for block in self.blocks:
+            if self.cfg.remat:
+                x_BLD = nnx.remat(lambda blk, x: blk(x, segment_ids, mesh, deterministic))(
+                    block, x_BLD
+                )
+            else:
+                x_BLD = block(x_BLD, segment_ids, mesh, deterministic)
+        return self.norm(x_BLD)
+
+
+def with_attention(model: Transformer, impl: str, block_size: int | None = None) -> Transformer:
+    """The same parameters with another attention implementation (and block size)."""
+    cfg = dataclasses.replace(
+        model.cfg, attention=impl, block_size=block_size or model.cfg.block_size
+    )
+    graphdef, state = nnx.split(model)
+    clone = nnx.merge(graphdef, state)
+
+    def set_cfg(module):
+        if hasattr(module, "cfg"):
+            module.cfg = cfg
+
+    for _, m in nnx.iter_graph(clone):
+        if isinstance(m, nnx.Module):
+            set_cfg(m)
+    return clone

@@ -1,0 +1,208 @@
+"""Ring attention: exact attention with the sequence split over a ring of devices.
+
+Each device keeps its query shard and passes its key/value shard to the next device at every ring
+step, folding the shard it currently holds into its queries' online-softmax state (the blockwise
+kernel of :mod:`ringrl.ops.blockwise`). After ``R`` steps every query has seen every key. The
+backward pass (custom VJP) rotates K and V again, together with their gradient accumulators dK
+and dV, which arrive back at their owner after the last step.
+
+The next shard's ``ppermute`` is issued before the current shard is computed so that XLA can
+overlap communication with compute.
+
+Layouts say which global positions a device holds (``R`` devices, local length ``C``):
+
+- ``contiguous``: device r holds ``[r*C, (r+1)*C)``. Causal work is imbalanced: device 0 skips
+  all but one step, device R-1 computes at every step.
+- ``zigzag``: the sequence is cut into ``2R`` chunks; device r holds chunks ``r`` and
+  ``2R-1-r``. Under the causal mask every device computes the same number of block pairs at every
+  ring step (half of them off the diagonal step), the rest are skipped.
+- ``striped``: device r holds positions ``r, r+R, r+2R, ...``; balanced, but no block is ever
+  entirely hidden, so nothing can be skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from ringrl.ops.blockwise import (
+    Carry,
+    Shard,
+    attend_shard,
+    attend_shard_bwd,
+    delta_of,
+    effective_block,
+    finalize,
+    init_carry,
+)
+from ringrl.ops.reference import split_heads
+
+LAYOUTS = ("contiguous", "zigzag", "striped")
+
+
+def layout_positions(layout: str, index: Array | int, num_shards: int, local_len: int) -> Array:
+    """Global positions ``[local_len]`` (int32) held by shard ``index`` under ``layout``."""
+    i = jnp.asarray(index, jnp.int32)
+    ar = jnp.arange(local_len, dtype=jnp.int32)
+    if layout == "contiguous":
+        return i * local_len + ar
+    if layout == "striped":
+        return ar * num_shards + i
+    if layout == "zigzag":
+        if local_len % 2:
+            raise ValueError(f"zigzag layout needs an even local length, got {local_len}")
+        c = local_len // 2
+        ar = ar[:c]
+        return jnp.concatenate([i * c + ar, (2 * num_shards - 1 - i) * c + ar])
+    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def layout_permutation(layout: str, num_shards: int, seq: int) -> Array:
+    """``perm[j]`` = natural position stored at slot j of the laid-out global sequence."""
+    local = seq // num_shards
+    return jnp.concatenate(
+        [layout_positions(layout, r, num_shards, local) for r in range(num_shards)]
+    )
+
+
+def _ring_perm(num_shards: int) -> list[tuple[int, int]]:
+    return [(i, (i + 1) % num_shards) for i in range(num_shards)]
+
+
+def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
+    """Runs the R ring steps. Returns (carry, q5, block pairs computed per step ``[R]``)."""
+    R = jax.lax.axis_size(axis_name)
+    r = jax.lax.axis_index(axis_name)
+    C = q.shape[1]
+    b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
+    q5 = split_heads(q, k.shape[2])
+    q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
+    perm = _ring_perm(R)
+    attend = functools.partial(attend_shard, causal=causal, block_q=b, block_k=b)
+
+    def compute(carry, kv, step):
+        k_cur, v_cur, seg_cur = kv
+        k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
+        return attend(carry, q5, k_cur, v_cur, q_side, k_side)
+
+    def step_fn(state, step):
+        carry, kv = state
+        kv_next = jax.lax.ppermute(kv, axis_name, perm)  # issued before this step's compute
+        carry, count = compute(carry, kv, step)
+        return (carry, kv_next), count
+
+    kv = (k, v, segment_ids)
+    (carry, kv), counts = jax.lax.scan(step_fn, (init_carry(q5), kv), jnp.arange(R - 1))
+    carry, last = compute(carry, kv, R - 1)
+    return carry, q5, jnp.concatenate([counts, last[None]])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _ring(q, k, v, segment_ids, axis_name, causal, block_size, layout):
+    return _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout)[0]
+
+
+def _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout):
+    carry, _, _ = _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout)
+    out5, lse = finalize(carry, q.dtype)
+    return out5.reshape(q.shape), (q, k, v, segment_ids, out5, lse)
+
+
+def _ring_bwd(axis_name, causal, block_size, layout, res, do):
+    q, k, v, segment_ids, out5, lse = res
+    R = jax.lax.axis_size(axis_name)
+    r = jax.lax.axis_index(axis_name)
+    C = q.shape[1]
+    b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
+    q5 = split_heads(q, k.shape[2])
+    do5 = do.reshape(q5.shape)
+    delta = delta_of(out5, do5)
+    q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
+    perm = _ring_perm(R)
+
+    def grads(kv, step):
+        k_cur, v_cur, seg_cur = kv
+        k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
+        return attend_shard_bwd(
+            q5,
+            k_cur,
+            v_cur,
+            do5,
+            lse,
+            delta,
+            q_side,
+            k_side,
+            causal=causal,
+            block_q=b,
+            block_k=b,
+        )
+
+    def step_fn(state, step):
+        dq, kv, dkv = state
+        kv_next = jax.lax.ppermute(kv, axis_name, perm)  # issued before this step's compute
+        dq_s, dk_s, dv_s = grads(kv, step)
+        dkv = jax.lax.ppermute((dkv[0] + dk_s, dkv[1] + dv_s), axis_name, perm)
+        return (dq + dq_s, kv_next, dkv), None
+
+    f32 = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
+    state = (f32(q5), (k, v, segment_ids), (f32(k), f32(v)))
+    (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
+    dq_s, dk_s, dv_s = grads(kv, R - 1)
+    dk, dv = jax.lax.ppermute((dk + dk_s, dv + dv_s), axis_name, perm)  # back to the owner
+    dq = dq + dq_s
+    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+def ring_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    axis_name: str,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    block_size: int = 512,
+    layout: str = "contiguous",
+) -> Array:
+    """Exact attention over a sequence sharded along mesh axis ``axis_name``.
+
+    Call inside ``shard_map`` on local shards: q ``[batch, C, heads, head_dim]``, k and v
+    ``[batch, C, kv_heads, head_dim]``, segment_ids int ``[batch, C]`` or None, where the shard
+    of device r holds the global positions given by ``layout`` (see the module docstring). Block
+    pairs the causal mask hides entirely are skipped. Returns this device's output shard.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if segment_ids is None:
+        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    return _ring(q, k, v, segment_ids.astype(jnp.int32), axis_name, causal, block_size, layout)
+
+
+def ring_block_counts(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    axis_name: str,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    block_size: int = 512,
+    layout: str = "contiguous",
+) -> Array:
+    """Block pairs this device computed at each ring step, ``[R]`` int32 (forward pass).
+
+    Same arguments as :func:`ring_attention`; counts come from the kernel itself.
+    """
+    if segment_ids is None:
+        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    seg = segment_ids.astype(jnp.int32)
+    return _ring_forward(q, k, v, seg, axis_name, causal, block_size, layout)[2]
+
+
+__all__ = ["ring_attention", "ring_block_counts", "layout_positions", "layout_permutation", "Carry"]
