@@ -1,3 +1,3 @@
-"""ringrl: trajectory-conditioned Transformers over hundreds of episodes, with exact Ring Attention."""
+"""ringrl: Transformers over hundreds of episodes, with exact Ring Attention."""
 
 __version__ = "0.1.0"

@@ -56,10 +56,10 @@ def finalize(carry: Carry, dtype: jnp.dtype) -> tuple[Array, Array]:
     Rows that attended nothing get output 0 and lse = +inf (so that ``exp(s - lse) == 0`` in the
     backward pass, never NaN).
     """
-    o, m, l = carry
-    nonempty = l > 0
-    lse_BKGQ = jnp.where(nonempty, m + jnp.log(jnp.where(nonempty, l, 1.0)), jnp.inf)
-    denom_BQKG = jnp.moveaxis(jnp.where(nonempty, l, 1.0), -1, 1)
+    o, m, denom = carry
+    nonempty = denom > 0
+    lse_BKGQ = jnp.where(nonempty, m + jnp.log(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    denom_BQKG = jnp.moveaxis(jnp.where(nonempty, denom, 1.0), -1, 1)
     return (o / denom_BQKG[..., None]).astype(dtype), lse_BKGQ
 
 
@@ -91,18 +91,18 @@ def _scores(q_BqKGD: Array, k_BsKD: Array, mask_Bqs: Array) -> Array:
 
 
 def _online_update(carry: Carry, q_BqKGD, k_BsKD, v_BsKD, mask_Bqs) -> Carry:
-    o, m, l = carry
+    o, m, denom = carry
     s_BKGqs = _scores(q_BqKGD, k_BsKD, mask_Bqs)
     m_new = jnp.maximum(m, s_BKGqs.max(-1))
     m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
     p_BKGqs = jnp.exp(s_BKGqs - m_safe[..., None])
     correction = jnp.exp(m - m_safe)  # 0 while the row has seen nothing (m = -inf)
-    l = l * correction + p_BKGqs.sum(-1)
+    denom = denom * correction + p_BKGqs.sum(-1)
     pv_BqKGD = jnp.einsum(
         "bkgqs,bskd->bqkgd", p_BKGqs.astype(v_BsKD.dtype), v_BsKD, preferred_element_type=o.dtype
     )
     o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv_BqKGD
-    return Carry(o, m_new, l)
+    return Carry(o, m_new, denom)
 
 
 def attend_shard(
