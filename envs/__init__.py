@@ -1,0 +1,46 @@
+"""Environments: gymnasium MuJoCo, dm_control suite and URLB/ExoRL tasks, flat float32 obs.
+
+Public API:
+
+* :func:`make` ``(task, seed=None) -> gymnasium.Env`` (flat float32 observations; physics state
+  via ``env.get_physics_state()`` / ``env.set_physics_state(s)`` / ``info["physics"]``);
+* :func:`physics_state` ``(env) -> np.ndarray | None``;
+* :func:`normalized_score` ``(name, raw_return)``;
+* :func:`relabel_rewards` ``(task, physics_states, actions=None) -> np.ndarray[T]``;
+* :func:`max_episode_steps`, :func:`is_dm_control`, :func:`exorl_task`, :func:`resolve`,
+  :func:`list_tasks`, :data:`TASKS`, :data:`EXORL_TASKS`, :data:`MUJOCO_TASKS`,
+  :data:`CUSTOM_TASKS`.
+"""
+
+from envs.registry import (
+    CUSTOM_TASKS,
+    EXORL_TASKS,
+    MUJOCO_TASKS,
+    TASKS,
+    exorl_task,
+    is_dm_control,
+    list_tasks,
+    make,
+    max_episode_steps,
+    physics_state,
+    resolve,
+)
+from envs.relabel import relabel_rewards
+from envs.scores import D4RL_REFERENCE, normalized_score
+
+__all__ = [
+    "CUSTOM_TASKS",
+    "D4RL_REFERENCE",
+    "EXORL_TASKS",
+    "MUJOCO_TASKS",
+    "TASKS",
+    "exorl_task",
+    "is_dm_control",
+    "list_tasks",
+    "make",
+    "max_episode_steps",
+    "normalized_score",
+    "physics_state",
+    "relabel_rewards",
+    "resolve",
+]
