@@ -1,0 +1,230 @@
+"""``ringrl collect TASK --policy random|sac|explore --steps N --out PATH [--seed S]``.
+
+Writes a D4RL-layout HDF5 dataset (dm_control tasks: plus ``infos/physics``), atomically, with a
+progress bar, a printed summary, ``<out>.summary.json`` and ``<out>.returns.png``; SAC and
+exploration runs also write their learning curve (``<out>.curve.json/.png``).
+
+- ``random``: uniform random actions (seeded).
+- ``sac``: Soft Actor-Critic trained online for ``--steps``. ``--split replay`` (default) writes
+  every transition it collected while learning (D4RL medium-replay recipe); ``--split medium``
+  / ``expert`` roll out a saved actor snapshot (stochastic policy) for ``--rollout-steps``:
+  ``expert`` = the snapshot with the best evaluation return, ``medium`` = the snapshot whose
+  evaluation return is closest to ``--medium-fraction`` (1/3, D4RL) of it. Snapshots go to
+  ``--sac-snapshots DIR`` (default ``<out>.sac/``); if DIR already holds snapshots from an
+  earlier run, medium/expert reuse them instead of training again.
+- ``explore``: RND intrinsic reward + SAC learner, extrinsic reward ignored (ExoRL recipe). The
+  physics states are saved; rewards are those of TASK, or with ``--relabel a,b,c`` one file per
+  listed task (``<out stem>-<task><suffix>``), rewards relabelled from the physics states.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from agents.collect import output
+from agents.collect.common import (
+    is_dm_control,
+    make_env,
+    normalize_task,
+    rollout,
+    short_task,
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", help="gymnasium id, e.g. HalfCheetah-v5, dm_control/walker-run-v0")
+    parser.add_argument("--policy", choices=["random", "sac", "explore"], default="random")
+    parser.add_argument("--steps", type=int, default=100_000, help="environment steps")
+    parser.add_argument("--out", required=True, help="output HDF5 path")
+    parser.add_argument("--seed", type=int, default=0)
+    g = parser.add_argument_group("sac / explore")
+    g.add_argument("--split", choices=["replay", "medium", "expert"], default="replay")
+    g.add_argument("--sac-snapshots", default=None, help="snapshot dir (default <out>.sac/)")
+    g.add_argument("--rollout-steps", type=int, default=None, help="medium/expert size")
+    g.add_argument("--medium-fraction", type=float, default=1 / 3)
+    g.add_argument("--learning-starts", type=int, default=5_000)
+    g.add_argument("--eval-every", type=int, default=10_000)
+    g.add_argument("--eval-episodes", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP widths")
+    g.add_argument("--intrinsic", choices=["rnd"], default="rnd", help="exploration bonus")
+    g.add_argument("--relabel", default=None, help="explore: comma-separated tasks to relabel")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+# --------------------------------------------------------------------------------------------
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", disable=quiet, mininterval=1.0, smoothing=0.05)
+
+
+def _print_summary(out: Path, s: dict) -> None:
+    r = s["returns"]
+    print(
+        f"wrote {out}: {s['episodes']} episodes, {s['steps']} steps; returns "
+        f"mean {r.get('mean', float('nan')):.1f} ± {r.get('std', float('nan')):.1f} "
+        f"[min {r.get('min', float('nan')):.1f}, median {r.get('median', float('nan')):.1f}, "
+        f"max {r.get('max', float('nan')):.1f}]"
+    )
+
+
+def _sac_config(args: argparse.Namespace, total_steps: int):
+    from agents.collect.sac import SACConfig
+
+    return SACConfig(
+        total_steps=total_steps,
+        learning_starts=min(args.learning_starts, total_steps),
+        batch_size=args.batch_size,
+        hidden_dims=tuple(args.hidden),
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    task = normalize_task(args.task)
+    out = Path(args.out)
+    dmc = is_dm_control(task)
+    meta = {"task": task, "policy": args.policy, "seed": args.seed, "steps": args.steps}
+    t0 = time.perf_counter()
+
+    if args.policy == "random":
+        env = make_env(task, seed=args.seed)
+        env.action_space.seed(args.seed)
+        with _progress(args.steps, "random", args.quiet) as bar:
+            episodes = rollout(
+                env,
+                lambda _obs: env.action_space.sample(),
+                args.steps,
+                seed=args.seed,
+                record_physics=dmc,
+                progress=bar.update,
+            )
+        writes = [(out, task, episodes)]
+
+    elif args.policy == "sac":
+        episodes = _run_sac(args, task, out, meta)
+        writes = [(out, task, episodes)]
+
+    else:  # explore
+        if not dmc:
+            print("--policy explore needs a dm_control task (physics states)", file=sys.stderr)
+            return 2
+        episodes = _run_explore(args, task, out, meta)
+        if args.relabel:
+            tasks = [normalize_task(t) for t in args.relabel.split(",")]
+            writes = _relabelled(episodes, tasks, out)
+        else:
+            writes = [(out, task, episodes)]
+
+    for path, t, eps in writes:
+        m = {**meta, "task": t, "wall_s": round(time.perf_counter() - t0, 2)}
+        title = f"{short_task(t)} · {args.policy}" + (
+            f" ({args.split})" if args.policy == "sac" else ""
+        )
+        summary = output.write_collection(eps, path, m, title)
+        _print_summary(path, summary)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+def _run_sac(args: argparse.Namespace, task: str, out: Path, meta: dict) -> list[dict]:
+    from agents.collect import sac
+
+    snap_dir = Path(args.sac_snapshots) if args.sac_snapshots else output.sibling(out, ".sac")
+    meta["split"] = args.split
+    dmc = is_dm_control(task)
+    snapshots = sac.list_snapshots(snap_dir) if args.split != "replay" else []
+
+    if not snapshots:
+        cfg = _sac_config(args, args.steps)
+        meta["sac_config"] = dataclasses.asdict(cfg)
+        env = make_env(task, seed=args.seed)
+        eval_env = make_env(task, seed=args.seed + 10_000)
+        with _progress(args.steps, "sac", args.quiet) as bar:
+            result = sac.train(
+                env,
+                eval_env,
+                cfg,
+                snapshot_dir=snap_dir,
+                record_physics=dmc and args.split == "replay",
+                progress=bar.update,
+                log=bar.write,
+            )
+        meta["steps_per_s"] = round(result.steps_per_s, 1)
+        meta["train_wall_s"] = round(result.wall_s, 1)
+        output.write_curve(
+            result.curve,
+            out,
+            f"SAC · {short_task(task)} · seed {args.seed}",
+            {"steps_per_s": result.steps_per_s, "wall_s": result.wall_s, "task": task},
+        )
+        if args.split == "replay":
+            return result.episodes
+        snapshots = result.snapshots
+
+    best = max(snapshots, key=lambda s: s["eval_return"])
+    if args.split == "expert":
+        chosen = best
+    else:
+        goal = args.medium_fraction * best["eval_return"]
+        chosen = min(snapshots, key=lambda s: abs(s["eval_return"] - goal))
+    meta["snapshot"] = chosen
+    agent, actor, _ = sac.load_snapshot(chosen["path"])
+    env = make_env(task, seed=args.seed)
+    scaler = sac.ActionScaler.of(env.action_space)
+    policy = sac.stochastic_policy(agent, actor, scaler, seed=args.seed)
+    n = args.rollout_steps or args.steps
+    with _progress(n, f"{args.split} rollout", args.quiet) as bar:
+        return rollout(env, policy, n, seed=args.seed, record_physics=dmc, progress=bar.update)
+
+
+def _run_explore(args: argparse.Namespace, task: str, out: Path, meta: dict) -> list[dict]:
+    from agents.collect import explore
+
+    cfg = explore.ExploreConfig(sac=_sac_config(args, args.steps))
+    meta["explore_config"] = dataclasses.asdict(cfg)
+    meta["intrinsic"] = args.intrinsic
+    env = make_env(task, seed=args.seed)
+    with _progress(args.steps, f"explore ({args.intrinsic})", args.quiet) as bar:
+        result = explore.train(env, cfg, progress=bar.update, log=bar.write)
+    meta["steps_per_s"] = round(result.steps_per_s, 1)
+    output.write_curve(
+        result.curve,
+        out,
+        f"RND exploration · {short_task(task)} · extrinsic return of its episodes (ignored)",
+        {"steps_per_s": result.steps_per_s, "wall_s": result.wall_s, "task": task},
+    )
+    return result.episodes
+
+
+def _relabelled(episodes: list[dict], tasks: list[str], out: Path) -> list:
+    import envs
+
+    writes = []
+    for t in tasks:
+        eps = []
+        for e in episodes:
+            r = np.asarray(envs.relabel_rewards(t, e["physics"]), np.float32)
+            eps.append({**e, "rewards": r})
+        path = out.with_name(f"{out.stem}-{short_task(t)}{out.suffix}")
+        writes.append((path, t, eps))
+    return writes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ringrl collect")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

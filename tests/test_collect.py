@@ -1,0 +1,198 @@
+"""Tests of the data-collection agents and ``ringrl collect`` (tiny settings, CPU, < 60 s)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+from ringrl.cli import main
+
+CARTPOLE = "dm_control/cartpole-swingup-v0"
+WALKER = "dm_control/walker-walk-v0"
+REACHER = "Reacher-v5"  # 50-step episodes, no termination: cheap SAC evaluations
+TINY_SAC = [
+    "--learning-starts", "100", "--eval-every", "200", "--eval-episodes", "1",
+    "--hidden", "32", "32", "--batch-size", "32", "--quiet",
+]  # fmt: skip
+
+
+def collect(*args: str) -> int:
+    return main(["collect", *args])
+
+
+def read_h5(path: Path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+
+    def visit(name: str, node: h5py.HLObject) -> None:
+        if isinstance(node, h5py.Dataset):
+            out[name] = node[()]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory) -> Path:
+    """One tiny SAC training run on Reacher (replay split); its snapshots are reused."""
+    out = tmp_path_factory.mktemp("sac") / "reacher-replay.hdf5"
+    assert collect(REACHER, "--policy", "sac", "--steps", "400", "--out", str(out), *TINY_SAC) == 0
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+def test_random_collection_writes_loadable_d4rl_file_with_physics(tmp_path):
+    from ringrl.data import load_dataset
+
+    out = tmp_path / "cartpole-random.hdf5"
+    assert collect(CARTPOLE, "--policy", "random", "--steps", "300", "--out", str(out)) == 0
+    ds = load_dataset(out)
+    assert ds.num_steps == 300 and ds.obs_dim == 5 and ds.act_dim == 1
+    raw = read_h5(out)
+    for key in ("observations", "actions", "rewards", "terminals", "timeouts"):
+        assert len(raw[key]) == 300, key
+    assert raw["infos/physics"].shape == (300, 4)  # cartpole: qpos 2 + qvel 2
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    assert summary["steps"] == 300 and summary["episodes"] == 1
+    assert out.with_name(out.name + ".returns.png").stat().st_size > 0
+
+
+def test_physics_states_relabel_to_the_recorded_rewards(tmp_path):
+    import envs
+
+    out = tmp_path / "walker-random.hdf5"
+    assert collect(WALKER, "--policy", "random", "--steps", "200", "--out", str(out)) == 0
+    raw = read_h5(out)
+    relabelled = envs.relabel_rewards(WALKER, raw["infos/physics"])
+    np.testing.assert_allclose(relabelled, raw["rewards"], rtol=1e-5, atol=1e-6)
+
+
+def test_random_collection_is_deterministic_given_seed(tmp_path):
+    paths = [tmp_path / f"{name}.hdf5" for name in ("a", "b", "c")]
+    for path, seed in zip(paths, ("3", "3", "4"), strict=True):
+        collect(CARTPOLE, "--steps", "200", "--seed", seed, "--out", str(path), "--quiet")
+    a, b, c = (read_h5(p) for p in paths)
+    for key in ("observations", "actions", "rewards", "infos/physics"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["actions"], c["actions"])
+
+
+def test_sac_update_reduces_critic_loss_on_a_fixed_batch():
+    from agents.collect.sac import SAC, Batch, SACConfig
+
+    agent, state = SAC.create(SACConfig(hidden_dims=(64, 64), seed=0), obs_dim=3, act_dim=2)
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        obs=rng.normal(size=(64, 3)).astype(np.float32),
+        actions=rng.uniform(-1, 1, size=(64, 2)).astype(np.float32),
+        rewards=rng.normal(size=64).astype(np.float32),
+        next_obs=rng.normal(size=(64, 3)).astype(np.float32),
+        terminals=np.zeros(64, np.float32),
+    )
+    losses = []
+    for _ in range(100):
+        state, info = agent.update(state, batch)
+        losses.append(float(info["critic_loss"]))
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    assert all(np.isfinite(losses))
+
+
+def test_sac_cli_writes_replay_dataset_curve_and_snapshots(sac_run):
+    from ringrl.data import load_dataset
+
+    ds = load_dataset(sac_run)
+    assert ds.num_steps == 400 and ds.num_episodes == 8  # Reacher: 50-step episodes
+    curve = json.loads(sac_run.with_name(sac_run.name + ".curve.json").read_text())
+    assert [row["step"] for row in curve["curve"]] == [200, 400]
+    assert sac_run.with_name(sac_run.name + ".curve.png").exists()
+    snaps = json.loads((sac_run.with_name(sac_run.name + ".sac") / "snapshots.json").read_text())
+    assert [s["step"] for s in snaps] == [200, 400]
+
+
+def test_sac_expert_split_rolls_out_the_best_saved_snapshot(sac_run, tmp_path):
+    from ringrl.data import load_dataset
+
+    out = tmp_path / "reacher-expert.hdf5"
+    snaps = str(sac_run.with_name(sac_run.name + ".sac"))
+    args = ["--policy", "sac", "--split", "expert", "--sac-snapshots", snaps, "--steps", "400"]
+    assert collect(REACHER, *args, "--rollout-steps", "100", "--out", str(out), "--quiet") == 0
+    assert load_dataset(out).num_steps == 100
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    saved = json.loads((Path(snaps) / "snapshots.json").read_text())
+    best = max(saved, key=lambda s: s["eval_return"])
+    assert summary["snapshot"]["step"] == best["step"]
+
+
+def test_sac_collection_is_deterministic_given_seed(sac_run, tmp_path):
+    again = tmp_path / "again.hdf5"
+    args = ["--policy", "sac", "--steps", "400", "--out", str(again), *TINY_SAC]
+    assert collect(REACHER, *args) == 0
+    a, b = read_h5(sac_run), read_h5(again)
+    for key in ("observations", "actions", "rewards"):
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_rnd_reward_is_higher_for_novel_than_for_repeated_states():
+    from agents.collect.explore import RND, RNDConfig
+
+    cfg = RNDConfig(hidden_dims=(64, 64), rep_dim=32, lr=1e-3)
+    rnd, state = RND.create(cfg, 8, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    seen = rng.normal(size=(128, 8)).astype(np.float32)
+    update = jax.jit(rnd.update)
+    for _ in range(300):
+        state, _ = update(state, seen)
+    novel = rng.normal(loc=3.0, size=(128, 8)).astype(np.float32)
+    assert float(rnd.reward(state, novel).mean()) > 3 * float(rnd.reward(state, seen).mean())
+
+
+def test_explore_relabels_one_dataset_per_task(tmp_path):
+    out = tmp_path / "walker-rnd.hdf5"
+    args = ["--policy", "explore", "--steps", "200", "--out", str(out), *TINY_SAC]
+    assert collect(WALKER, *args, "--relabel", "walker-stand,walker-run") == 0
+    stand, run = (read_h5(tmp_path / f"walker-rnd-walker-{t}.hdf5") for t in ("stand", "run"))
+    np.testing.assert_array_equal(stand["observations"], run["observations"])
+    np.testing.assert_array_equal(stand["infos/physics"], run["infos/physics"])
+    assert stand["rewards"].mean() > run["rewards"].mean()  # a falling walker still "stands" a bit
+    assert not out.exists()  # with --relabel only the per-task files are written
+
+
+def test_crash_during_collection_leaves_no_file(tmp_path, monkeypatch):
+    import agents.collect.cli as cli
+
+    real_rollout = cli.rollout
+
+    def crashing_rollout(env, policy, num_steps, **kw):
+        def pi(obs, n=[0]):  # noqa: B006  (call counter)
+            n[0] += 1
+            if n[0] > 50:
+                raise RuntimeError("simulated crash")
+            return policy(obs)
+
+        return real_rollout(env, pi, num_steps, **kw)
+
+    monkeypatch.setattr(cli, "rollout", crashing_rollout)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        collect(CARTPOLE, "--steps", "200", "--out", str(tmp_path / "x.hdf5"), "--quiet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_crash_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = h5py.Group.create_dataset
+
+    def failing_create_dataset(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError("disk full (simulated)")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing_create_dataset)
+    with pytest.raises(OSError, match="simulated"):
+        collect(CARTPOLE, "--steps", "100", "--out", str(tmp_path / "x.hdf5"), "--quiet")
+    assert list(tmp_path.iterdir()) == []
