@@ -1,0 +1,235 @@
+"""Agentic Transformer (Liu & Abbeel, ICML 2023): act from a chain of past episodes.
+
+The model reads per-step arrays (see :mod:`ringrl.sampler`) and turns them into tokens.
+
+Token layouts (``AgentConfig.tokens_per_step``), step ``t`` of the concatenated chain:
+
+* ``4`` -- the paper's: ``[R_t, s_t, a_t, (r_t, d_t)]`` -- return-to-go, state, action, and
+  the reward token carrying reward and completion flag. The action ``a_t`` is predicted from the
+  hidden state of the *state* token, which (causally) sees ``R_t, s_t`` and all earlier steps
+  but not ``a_t``. Without returns (``use_returns=False``, BC) the layout is ``[s_t, a_t]``.
+* ``1`` -- fused: one token per step from ``[R_t, s_t, a_{t-1}, r_{t-1}, d_{t-1}, p_t]``,
+  i.e. the current return and state with the *previous* step's action, reward and completion
+  (``p_t = 1`` when a previous step exists in the context, else the previous-step fields are
+  0). The token at ``t`` predicts ``a_t``; it never contains ``a_t`` itself, and causality hides
+  later tokens. The previous step of an episode's first step is the last step of the episode
+  before it in the chain, so completion flags flow forward. 4x more steps fit a context.
+
+Every token of a step also gets a learned embedding of the step's within-episode timestep.
+Returns and rewards are multiplied by ``reward_scale`` (0.001 in the AT reimplementation);
+observations are normalised by dataset statistics stored in the module (and checkpoint).
+
+Loss: mean squared error between ``tanh``-squashed predictions and the dataset actions, over real
+steps. As in Decision Transformer: a deterministic policy for evaluation, bounded outputs for the
+[-1, 1] action boxes of dm_control / MuJoCo, and no variance head to collapse on the narrow
+action distributions of exploration data (a Gaussian NLL would need an entropy or min-std guard).
+
+Acting (``act``): the history is the agent's previous episodes followed by the current partial
+episode; all are relabelled to ``target_return`` exactly as in training (but in the order given,
+not sorted), the last ``context_steps`` steps are kept, and the action of the last step is
+returned. This recomputes the whole context per action; a KV-cache decoder only needs
+``step_tokens`` per new step, since tokens of earlier steps never change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import Array
+from jax.sharding import Mesh
+
+from ringrl.model import Transformer, TransformerConfig
+from ringrl.sampler import build_chain, pad_chain, padded_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    obs_dim: int
+    act_dim: int
+    tokens_per_step: int = 4  # 4: (return, state, action, reward) as in the paper; 1: fused
+    use_returns: bool = True  # False: BC -- no return, reward or completion inputs
+    max_timestep: int = 1000  # timestep embedding table size - 1 (ExoRL episodes: 1000)
+    reward_scale: float = 0.001  # AT reimplementation: 0.001
+    context_steps: int = 1000  # steps the model sees when acting (N * steps per trajectory)
+
+    def __post_init__(self):
+        if self.tokens_per_step not in (1, 4):
+            raise ValueError(f"tokens_per_step must be 1 or 4, got {self.tokens_per_step}")
+
+    @property
+    def step_tokens(self) -> int:
+        """Tokens one step occupies: 4 (or 2 without returns) or 1."""
+        if self.tokens_per_step == 1:
+            return 1
+        return 4 if self.use_returns else 2
+
+    @property
+    def action_token(self) -> int:
+        """Index, within a step, of the token whose output predicts the step's action."""
+        return 1 if (self.tokens_per_step == 4 and self.use_returns) else 0
+
+
+class Stat(nnx.Variable):
+    """A non-trainable dataset statistic (checkpointed, not optimised)."""
+
+
+class AgenticTransformer(nnx.Module):
+    """Chain-of-hindsight Transformer policy over per-step arrays; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        model_cfg: TransformerConfig,
+        *,
+        rngs: nnx.Rngs,
+        obs_mean: np.ndarray | None = None,
+        obs_std: np.ndarray | None = None,
+    ):
+        self.cfg = cfg
+        D, obs_dim, A = model_cfg.d_model, cfg.obs_dim, cfg.act_dim
+
+        def linear(d_in: int) -> nnx.Linear:
+            return nnx.Linear(d_in, D, rngs=rngs)
+
+        self.embed_timestep = nnx.Embed(cfg.max_timestep + 1, D, rngs=rngs)
+        if cfg.tokens_per_step == 4:
+            self.embed_state = linear(obs_dim)
+            self.embed_action = linear(A)
+            if cfg.use_returns:
+                self.embed_return = linear(1)
+                self.embed_reward = linear(2)  # (reward, completion)
+        else:
+            self.embed_step = linear(obs_dim + A + 1 + (3 if cfg.use_returns else 0))
+        self.embed_norm = nnx.LayerNorm(D, rngs=rngs)
+        self.transformer = Transformer(model_cfg, rngs=rngs)
+        self.action_head = nnx.Linear(D, A, rngs=rngs)
+        mean = np.zeros(obs_dim, np.float32) if obs_mean is None else obs_mean
+        std = np.ones(obs_dim, np.float32) if obs_std is None else obs_std
+        self.obs_mean = Stat(jnp.asarray(mean, jnp.float32))
+        self.obs_std = Stat(jnp.asarray(np.maximum(std, 1e-6), jnp.float32))
+
+    # ---- tokens -------------------------------------------------------------------------------
+
+    def step_tokens(self, batch: Mapping[str, Array]) -> Array:
+        """Per-step tokens ``[B, T, step_tokens, D]`` (before the timestep embedding)."""
+        cfg = self.cfg
+        obs_BTO = (batch["observations"] - self.obs_mean[...]) / self.obs_std[...]
+        act_BTA = batch["actions"]
+        rtg_BT1 = (batch["returns_to_go"] * cfg.reward_scale)[..., None]
+        rew_BT2 = jnp.stack([batch["rewards"] * cfg.reward_scale, batch["completions"]], -1)
+        if cfg.tokens_per_step == 4:
+            tokens = [self.embed_state(obs_BTO), self.embed_action(act_BTA)]
+            if cfg.use_returns:
+                tokens = [self.embed_return(rtg_BT1), *tokens, self.embed_reward(rew_BT2)]
+            return jnp.stack(tokens, axis=2)
+
+        def prev(x_BTF: Array) -> Array:  # the previous step's features, 0 at the first step
+            return jnp.pad(x_BTF, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+
+        has_prev_BT1 = prev(batch["mask"][..., None])
+        feats = [obs_BTO, prev(act_BTA), has_prev_BT1]
+        if cfg.use_returns:
+            feats += [rtg_BT1, prev(rew_BT2)]
+        return self.embed_step(jnp.concatenate(feats, -1))[:, :, None]
+
+    def tokens(self, batch: Mapping[str, Array]) -> tuple[Array, Array]:
+        """Token sequence ``x_BLD`` and segment ids ``seg_BL`` (0 real, -1 padding)."""
+        x_BTKD = self.step_tokens(batch)
+        t_BT = jnp.clip(batch["timesteps"], 0, self.cfg.max_timestep)
+        x_BTKD = x_BTKD + self.embed_timestep(t_BT)[:, :, None]
+        B, T, K, D = x_BTKD.shape
+        seg_BT = jnp.where(batch["mask"] > 0, 0, -1).astype(jnp.int32)
+        seg_BL = jnp.broadcast_to(seg_BT[..., None], (B, T, K)).reshape(B, T * K)
+        return self.embed_norm(x_BTKD.reshape(B, T * K, D)), seg_BL
+
+    # ---- prediction, loss, acting ------------------------------------------------------------
+
+    def __call__(
+        self, batch: Mapping[str, Array], *, mesh: Mesh | None = None, deterministic: bool = True
+    ) -> Array:
+        """Predicted actions ``[B, T, act_dim]`` in [-1, 1], one per step."""
+        x_BLD, seg_BL = self.tokens(batch)
+        h_BLD = self.transformer(x_BLD, segment_ids=seg_BL, mesh=mesh, deterministic=deterministic)
+        B, L, D = h_BLD.shape
+        K = self.cfg.step_tokens
+        h_BTD = h_BLD.reshape(B, L // K, K, D)[:, :, self.cfg.action_token]
+        return jnp.tanh(self.action_head(h_BTD))
+
+    def loss(
+        self, batch: Mapping[str, Array], *, mesh: Mesh | None = None, deterministic: bool = False
+    ) -> tuple[Array, dict[str, Array]]:
+        """Masked MSE between predicted and dataset actions (mean over real steps and dims)."""
+        pred_BTA = self(batch, mesh=mesh, deterministic=deterministic)
+        target_BTA = jnp.clip(batch["actions"], -1.0, 1.0)
+        mask_BT = batch["mask"]
+        err_BT = jnp.mean(jnp.square(pred_BTA - target_BTA), axis=-1)
+        steps = jnp.maximum(mask_BT.sum(), 1.0)
+        loss = jnp.sum(err_BT * mask_BT) / steps
+        return loss, {"loss": loss, "steps": mask_BT.sum()}
+
+    def context(
+        self,
+        history: Sequence,
+        target_return: float | None = None,
+        *,
+        block_size: int = 512,
+        seq_shards: int = 1,
+        ring: bool = False,
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """Per-step model input ``[1, T, ...]`` for ``history`` and the index of its last step.
+
+        ``history``: previous episodes, then the current partial episode, each with
+        ``observations [T_i, obs_dim]``, ``actions`` and ``rewards`` (the partial episode has one
+        more observation than actions/rewards; its current action and reward are unknown).
+        ``target_return``: the return to condition on; None uses the best return in the
+        completed history episodes (or 0 with none).
+        """
+        *past, current = history
+        obs = np.asarray(current.observations, np.float32)
+        n = len(obs)
+        act = np.zeros((n, self.cfg.act_dim), np.float32)
+        act[: n - 1] = np.asarray(current.actions, np.float32)[: n - 1]
+        rew = np.zeros(n, np.float32)
+        rew[: n - 1] = np.asarray(current.rewards, np.float32)[: n - 1]
+        partial = _Steps(obs, act, rew)
+        if target_return is None:
+            target_return = max((float(np.sum(ep.rewards)) for ep in past), default=0.0)
+        chain = build_chain([*past, partial], target=target_return, sort=False, partial_last=True)
+        steps = min(len(chain["mask"]), self.cfg.context_steps)
+        T = padded_steps(steps, self.cfg.step_tokens, block_size, seq_shards, ring)
+        chain = {k: v[len(v) - steps :] for k, v in chain.items()}
+        return {k: v[None] for k, v in pad_chain(chain, T).items()}, steps - 1
+
+    def act(
+        self,
+        history: Sequence,
+        target_return: float | None = None,
+        *,
+        mesh: Mesh | None = None,
+    ) -> np.ndarray:
+        """The action ``[act_dim]`` for the last step of ``history`` (see :meth:`context`)."""
+        m = self.transformer.cfg
+        ring = m.attention == "ring"
+        shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
+        batch, last = self.context(
+            history, target_return, block_size=m.block_size, seq_shards=shards, ring=ring
+        )
+        pred_BTA = _predict(self, {k: jnp.asarray(v) for k, v in batch.items()}, mesh)
+        return np.asarray(pred_BTA[0, last])
+
+
+@nnx.jit(static_argnames=("mesh",))
+def _predict(agent: AgenticTransformer, batch: dict[str, Array], mesh: Mesh | None) -> Array:
+    return agent(batch, mesh=mesh, deterministic=True)
+
+
+@dataclasses.dataclass
+class _Steps:
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
