@@ -1,0 +1,242 @@
+"""Every attention path equals a float64 softmax reference, forward and gradients.
+import jax.extend
+
+Covered: vanilla, blockwise and ring (1, 2, 4, 8 devices), causal and not, grouped-query heads,
+packed segments with padding, float32 and bfloat16.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ringrl.ops import attention, blockwise_attention, reference_attention, ring_step_counts
+from ringrl.parallel import make_mesh
+
+B, L, H, K, D = 2, 64, 4, 2, 16
+BLOCK = 4
+
+
+def random_inputs(seed=0, heads=H, kv_heads=K, seq=L, dtype=jnp.float32):
+    kq, kk, kv, kc = jax.random.split(jax.random.PRNGKey(seed), 4)
+    q = jax.random.normal(kq, (B, seq, heads, D), dtype)
+    k = jax.random.normal(kk, (B, seq, kv_heads, D), dtype)
+    v = jax.random.normal(kv, (B, seq, kv_heads, D), dtype)
+    cotangent = jax.random.normal(kc, (B, seq, heads, D), dtype)
+    return q, k, v, cotangent
+
+
+def packed_segments(seq=L):
+    """Row 0: three episodes then padding. Row 1: padding at the start, then two episodes."""
+    row0 = np.r_[np.zeros(20), np.ones(17), np.full(15, 2), -np.ones(seq - 52)]
+    row1 = np.r_[-np.ones(5), np.full(30, 3), np.full(seq - 35, 7)]
+    return jnp.asarray(np.stack([row0, row1]), jnp.int32)
+
+
+def reference_f64(q, k, v, cotangent, **kw):
+    """Output and (dq, dk, dv) of plain softmax attention, computed in float64."""
+    with jax.enable_x64(True):
+        args = [jnp.asarray(np.asarray(x, np.float64)) for x in (q, k, v)]
+        out, vjp = jax.vjp(lambda q, k, v: reference_attention(q, k, v, **kw), *args)
+        grads = vjp(jnp.asarray(np.asarray(cotangent, np.float64)))
+        return np.asarray(out), [np.asarray(g) for g in grads]
+
+
+def output_and_grads(fn, q, k, v, cotangent):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, vjp(cotangent)
+
+
+def rel_err(x, ref):
+    x = np.asarray(jnp.asarray(x, jnp.float32), np.float64)
+    return np.abs(x - ref).max() / np.abs(ref).max()
+
+
+def assert_matches_reference(fn, q, k, v, cotangent, tol, **ref_kw):
+    ref_out, ref_grads = reference_f64(q, k, v, cotangent, **ref_kw)
+    out, grads = output_and_grads(fn, q, k, v, cotangent)
+    assert out.dtype == q.dtype
+    assert rel_err(out, ref_out) <= tol
+    for name, g, ref_g in zip("qkv", grads, ref_grads, strict=True):
+        assert g.dtype == q.dtype, name
+        assert rel_err(g, ref_g) <= tol, f"d{name}: {rel_err(g, ref_g)}"
+
+
+CASES = [
+    pytest.param(True, False, id="causal"),
+    pytest.param(False, False, id="full"),
+    pytest.param(True, True, id="causal-packed-padded"),
+    pytest.param(False, True, id="full-packed-padded"),
+]
+
+
+@pytest.mark.parametrize("causal,packed", CASES)
+def test_vanilla_float32_matches_float64_reference(causal, packed):
+    q, k, v, ct = random_inputs()
+    seg = packed_segments() if packed else None
+    fn = lambda q, k, v: attention(q, k, v, impl="vanilla", causal=causal, segment_ids=seg)
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=causal, segment_ids=seg)
+
+
+@pytest.mark.parametrize("causal,packed", CASES)
+def test_blockwise_float32_matches_float64_reference(causal, packed):
+    q, k, v, ct = random_inputs(1)
+    seg = packed_segments() if packed else None
+    fn = lambda q, k, v: blockwise_attention(
+        q, k, v, causal=causal, segment_ids=seg, block_size=BLOCK
+    )
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=causal, segment_ids=seg)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+@pytest.mark.parametrize("causal,packed", CASES)
+def test_ring_float32_matches_float64_reference(devices, causal, packed):
+    q, k, v, ct = random_inputs(devices)
+    seg = packed_segments() if packed else None
+    mesh = make_mesh(data=1, seq=devices)
+    fn = lambda q, k, v: attention(
+        q, k, v, impl="ring", mesh=mesh, causal=causal, segment_ids=seg, block_size=BLOCK
+    )
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=causal, segment_ids=seg)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+def test_ring_bfloat16_matches_float64_reference(devices):
+    q, k, v, ct = random_inputs(10 + devices, dtype=jnp.bfloat16)
+    seg = packed_segments()
+    mesh = make_mesh(data=1, seq=devices)
+    fn = lambda q, k, v: attention(
+        q, k, v, impl="ring", mesh=mesh, segment_ids=seg, block_size=BLOCK
+    )
+    assert_matches_reference(fn, q, k, v, ct, 2e-2, causal=True, segment_ids=seg)
+
+
+@pytest.mark.parametrize("impl", ["vanilla", "blockwise"])
+def test_single_device_paths_bfloat16_match_float64_reference(impl):
+    q, k, v, ct = random_inputs(3, dtype=jnp.bfloat16)
+    seg = packed_segments()
+    fn = lambda q, k, v: attention(q, k, v, impl=impl, segment_ids=seg, block_size=BLOCK)
+    assert_matches_reference(fn, q, k, v, ct, 2e-2, causal=True, segment_ids=seg)
+
+
+def test_ring_on_data_and_seq_mesh_matches_reference():
+    q, k, v, ct = random_inputs(5)
+    mesh = make_mesh(data=2, seq=4)
+    fn = lambda q, k, v: attention(q, k, v, impl="ring", mesh=mesh, block_size=BLOCK)
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "ring"])
+def test_multi_head_attention_without_grouping_matches_reference(impl):
+    q, k, v, ct = random_inputs(6, heads=4, kv_heads=4)
+    fn = lambda q, k, v: attention(q, k, v, impl=impl, block_size=BLOCK)
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True)
+
+
+def test_ring_with_block_larger_than_shard_uses_the_shard():
+    q, k, v, ct = random_inputs(7)
+    fn = lambda q, k, v: attention(q, k, v, impl="ring", mesh=make_mesh(1, 4), block_size=512)
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True)
+
+
+@pytest.mark.parametrize("impl", ["vanilla", "blockwise", "ring"])
+def test_padding_rows_are_exactly_zero_and_get_zero_gradient(impl):
+    q, k, v, ct = random_inputs(8)
+    seg = packed_segments()
+    pad = np.asarray(seg < 0)
+    fn = lambda q, k, v: attention(q, k, v, impl=impl, segment_ids=seg, block_size=BLOCK)
+    out, grads = output_and_grads(fn, q, k, v, ct)
+    assert np.all(np.asarray(out)[pad] == 0.0)
+    for g in grads:
+        assert np.all(np.isfinite(np.asarray(g)))
+        assert np.all(np.asarray(g)[pad] == 0.0)
+
+
+@pytest.mark.parametrize("impl", ["vanilla", "blockwise", "ring"])
+def test_fully_padded_sequence_gives_zeros_not_nan(impl):
+    q, k, v, ct = random_inputs(9)
+    seg = jnp.full((B, L), -1, jnp.int32)
+    fn = lambda q, k, v: attention(q, k, v, impl=impl, segment_ids=seg, block_size=BLOCK)
+    out, grads = output_and_grads(fn, q, k, v, ct)
+    assert not np.any(np.asarray(out))
+    assert all(not np.any(np.asarray(g)) for g in grads)
+
+
+def test_causal_output_ignores_future_keys():
+    q, k, v, _ = random_inputs(11)
+    out = attention(q, k, v, impl="ring", mesh=make_mesh(1, 4), block_size=BLOCK)
+    k2 = k.at[:, 40:].set(jax.random.normal(jax.random.PRNGKey(99), k[:, 40:].shape))
+    out2 = attention(q, k2, v, impl="ring", mesh=make_mesh(1, 4), block_size=BLOCK)
+    np.testing.assert_array_equal(np.asarray(out[:, :40]), np.asarray(out2[:, :40]))
+    assert not np.allclose(np.asarray(out[:, 40:]), np.asarray(out2[:, 40:]))
+
+
+def test_ring_causal_work_is_balanced_across_devices_at_every_step():
+    q, k, v, _ = random_inputs()
+    counts = np.asarray(ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK))
+    assert counts.shape == (4, 4)
+    assert np.all(counts == counts[0:1])  # same work on every device at every step
+
+
+def test_ring_causal_skips_hidden_block_pairs():
+    q, k, v, _ = random_inputs()
+    counts = np.asarray(ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK))
+    n = L // BLOCK  # blocks in the whole sequence
+    visible = n * (n + 1) // 2  # lower triangle including the diagonal
+    assert counts.sum() == visible
+
+
+def test_non_causal_ring_computes_every_block_pair():
+    q, k, v, _ = random_inputs()
+    counts = ring_step_counts(q, k, v, mesh=make_mesh(1, 4), causal=False, block_size=BLOCK)
+    assert np.asarray(counts).sum() == (L // BLOCK) ** 2
+
+
+def test_ring_issues_next_permute_before_computing_current_block():
+    from ringrl.ops import ring_attention
+
+    q, k, v, _ = random_inputs()
+    mesh = make_mesh(1, 4)
+    fn = jax.shard_map(
+        lambda q, k, v: ring_attention(q, k, v, axis_name="seq", block_size=BLOCK),
+        mesh=mesh,
+        in_specs=(jax.P(None, "seq"),) * 3,
+        out_specs=jax.P(None, "seq"),
+        check_vma=False,
+    )
+    jaxpr = jax.make_jaxpr(jax.grad(lambda q, k, v: fn(q, k, v).sum(), (0, 1, 2)))(q, k, v)
+    scans = [e for e in _walk(jaxpr.jaxpr) if e.primitive.name == "scan"]
+    ring_bodies = [
+        s.params["jaxpr"].jaxpr
+        for s in scans
+        if any(e.primitive.name == "ppermute" for e in s.params["jaxpr"].jaxpr.eqns)
+    ]
+    assert len(ring_bodies) == 2  # the forward ring and the backward ring
+    for body in ring_bodies:
+        names = [e.primitive.name for e in body.eqns]
+        assert names.index("ppermute") < names.index("scan")  # scan = the block loop
+
+
+def _walk(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _walk(sub)
+
+
+def test_sequence_not_divisible_by_ring_chunks_is_a_clear_error():
+    q, k, v, _ = random_inputs(seq=60)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        attention(q, k, v, impl="ring", mesh=make_mesh(1, 8), block_size=BLOCK)
+
+
+def test_unknown_impl_is_a_clear_error():
+    q, k, v, _ = random_inputs()
+    with pytest.raises(ValueError, match="unknown attention impl"):
+        attention(q, k, v, impl="flash")
+
+
+def test_heads_not_multiple_of_kv_heads_is_rejected():
+    q, k, v, _ = random_inputs(heads=3, kv_heads=2)
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        reference_attention(q, k, v)
