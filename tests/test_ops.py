@@ -1,11 +1,11 @@
 """Every attention path equals a float64 softmax reference, forward and gradients.
-import jax.extend
 
 Covered: vanilla, blockwise and ring (1, 2, 4, 8 devices), causal and not, grouped-query heads,
 packed segments with padding, float32 and bfloat16.
 """
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
