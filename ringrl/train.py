@@ -1,0 +1,300 @@
+"""``ringrl train CONFIG [--run-dir DIR] [--set key=value ...]``: offline training of an agent.
+
+The run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, TensorBoard
+events (``tb/``), orbax checkpoints (``checkpoints/``) and ``loss.png``. Running the same command
+again resumes from the last checkpoint. The training state (parameters, optimizer state, dataset
+statistics) and the sampler's step are checkpointed; batches and dropout keys are functions of
+``(seed, step)``, so a resumed run ends with the same parameters as an uninterrupted one.
+A non-finite loss stops the run (exit code 1) before any checkpoint of the poisoned state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from agents import BC, AgenticTransformer, DecisionTransformer
+from agents.agentic import AgentConfig
+from ringrl.config import Config, ConfigError, dump_config, load_config
+from ringrl.model import TransformerConfig
+from ringrl.parallel import make_mesh, shard_batch
+from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
+
+AGENTS = {"at": AgenticTransformer, "dt": DecisionTransformer, "bc": BC}
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ---- building blocks (also used by the throughput benchmark) -----------------------------------
+
+
+def agent_config(cfg: Config, obs_dim: int, act_dim: int) -> AgentConfig:
+    a = cfg.agent
+    return AgentConfig(
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        tokens_per_step=a.tokens_per_step,
+        use_returns=a.kind != "bc",
+        max_timestep=a.max_timestep,
+        reward_scale=a.reward_scale,
+        context_steps=a.num_trajectories * a.steps_per_trajectory,
+    )
+
+
+def transformer_config(cfg: Config) -> TransformerConfig:
+    return TransformerConfig(**dataclasses.asdict(cfg.model))
+
+
+def sampler_config(cfg: Config, acfg: AgentConfig, mesh: Mesh) -> SamplerConfig:
+    return SamplerConfig(
+        num_trajectories=cfg.agent.num_trajectories,
+        steps_per_trajectory=cfg.agent.steps_per_trajectory,
+        random_window_start=cfg.agent.random_window_start,
+        batch_size=cfg.train.batch_size,
+        tokens_per_step=acfg.step_tokens,
+        block_size=cfg.model.block_size,
+        seq_shards=mesh.shape["seq"],
+        ring=cfg.model.attention == "ring",
+    )
+
+
+def lr_schedule(cfg: Config) -> optax.Schedule:
+    o = cfg.optim
+    warmup = min(o.warmup_steps, cfg.train.steps - 1)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, warmup, max(cfg.train.steps, warmup + 1), end_value=o.lr * o.end_lr_ratio
+    )
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW with warmup + cosine decay (no decay on vectors)."""
+    o = cfg.optim
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(o.grad_clip),
+        optax.adamw(lr_schedule(cfg), o.b1, o.b2, weight_decay=o.weight_decay, mask=decay_mask),
+    )
+
+
+def init_state(
+    cfg: Config,
+    obs_dim: int,
+    act_dim: int,
+    mesh: Mesh,
+    obs_mean: np.ndarray | None = None,
+    obs_std: np.ndarray | None = None,
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``(graphdef, rng_state, state)`` of ``(agent, optimizer)``, replicated over ``mesh``.
+
+    ``state`` (parameters, optimizer state, dataset statistics) is what gets checkpointed; the
+    dropout RNG is reseeded from ``(seed, step)`` at every step, so it needs no saving.
+    """
+    seed = cfg.train.seed
+    agent = AGENTS[cfg.agent.kind](
+        agent_config(cfg, obs_dim, act_dim),
+        transformer_config(cfg),
+        rngs=nnx.Rngs(params=seed, dropout=seed),
+        obs_mean=obs_mean,
+        obs_std=obs_std,
+    )
+    opt = nnx.Optimizer(agent, make_optimizer(cfg), wrt=nnx.Param)
+    graphdef, rng_state, state = nnx.split((agent, opt), nnx.RngState, ...)
+    replicated = NamedSharding(mesh, P())
+    return graphdef, jax.device_put(rng_state, replicated), jax.device_put(state, replicated)
+
+
+def make_train_step(graphdef: nnx.GraphDef, cfg: Config, mesh: Mesh):
+    """``step_fn(state, rng_state, batch, step) -> (state, metrics)``, jitted, state donated."""
+    schedule = lr_schedule(cfg)
+    base_key = jax.random.key(cfg.train.seed)
+
+    def step_fn(state, rng_state, batch, step):
+        agent, opt = nnx.merge(graphdef, rng_state, state)
+        nnx.reseed(agent, dropout=jax.random.fold_in(base_key, step))
+        loss_fn = lambda m: m.loss(batch, mesh=mesh, deterministic=False)
+        (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(agent)
+        opt.update(agent, grads)
+        _, _, new_state = nnx.split((agent, opt), nnx.RngState, ...)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step)}
+        return new_state, metrics
+
+    return jax.jit(step_fn, donate_argnums=0)
+
+
+def device_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return shard_batch(mesh, batch)
+
+
+# ---- the training loop --------------------------------------------------------------------------
+
+
+def _load_episodes(cfg: Config):
+    from ringrl.data import load_dataset
+
+    ds = load_dataset(cfg.data.path, format=cfg.data.format, task=cfg.data.task)
+    if cfg.data.top_fraction < 1.0:
+        ds = ds.filter_top(cfg.data.top_fraction)
+    return ds
+
+
+def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
+    """Train (or resume) ``cfg`` in ``run_dir``; 0 on success, 1 on a non-finite loss."""
+    from ringrl.checkpoint import Checkpointer
+    from ringrl.metrics import MetricsLogger
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    t = cfg.train
+
+    ds = _load_episodes(cfg)
+    obs_all = np.concatenate([ep.observations for ep in ds.episodes])
+    mesh = make_mesh(t.mesh_data, t.mesh_seq)
+    if t.batch_size % mesh.shape["data"]:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must divide by train.mesh_data")
+    graphdef, rng_state, state = init_state(
+        cfg, ds.obs_dim, ds.act_dim, mesh, obs_all.mean(0), obs_all.std(0)
+    )
+    acfg = agent_config(cfg, ds.obs_dim, ds.act_dim)
+    sampler = ChainSampler(ds.episodes, sampler_config(cfg, acfg, mesh), seed=t.seed)
+
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
+    start = 0
+    latest = ckpt.latest_step()
+    if latest is not None:
+        pure, record = ckpt.restore(latest, nnx.to_pure_dict(state))
+        nnx.replace_by_pure_dict(state, pure)
+        start = int(record["sampler"]["step"])
+        print(f"resuming from {ckpt.directory}/{latest} (step {start})", file=sys.stderr)
+    if start >= t.steps:
+        print(f"{run_dir}: already trained for {start} steps", file=sys.stderr)
+        ckpt.close()
+        return 0
+
+    train_step = make_train_step(graphdef, cfg, mesh)
+    npc = jax.process_count()
+    local = t.batch_size // npc
+    rows = range(jax.process_index() * local, (jax.process_index() + 1) * local)
+    prefetch = Prefetcher(sampler, start_step=start, size=t.prefetch, rows=rows)
+    logger = MetricsLogger(run_dir, start_step=start)
+    tokens_per_step = t.batch_size * sampler.num_tokens
+    bar = _progress(progress, start, t.steps, cfg.name)
+
+    pending: list[tuple[int, dict]] = []  # steps dispatched but whose loss is not read yet
+    last_good, window_t0, window = start, time.perf_counter(), 0
+    status = 0
+
+    def settle() -> None:
+        """Read the pending losses (one step behind the device), stop on a non-finite one."""
+        nonlocal window_t0, window
+        for step, metrics in pending:
+            values = {k: float(v) for k, v in metrics.items()}
+            if not math.isfinite(values["loss"]):
+                raise NonFiniteLoss(f"non-finite loss {values['loss']} at step {step}")
+            window += 1
+            if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
+                now = time.perf_counter()
+                values["tokens_per_s"] = tokens_per_step * window / max(now - window_t0, 1e-9)
+                window_t0, window = now, 0
+                logger.log(step + 1, values)
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.3g}"
+                    )
+        pending.clear()
+
+    try:
+        for step, batch in prefetch:
+            if step >= t.steps:
+                break
+            if step == t.nan_at_step:
+                batch = {**batch, "observations": np.full_like(batch["observations"], np.nan)}
+            state, metrics = train_step(state, rng_state, device_batch(mesh, batch), step)
+            if len(pending) >= 1:
+                settle()
+            pending.append((step, metrics))
+            done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % t.ckpt_every == 0 or done == t.steps:
+                settle()
+                ckpt.save(done, nnx.to_pure_dict(state), {"sampler": {"step": done}})
+                last_good = done
+            if done == t.steps:
+                break
+    except NonFiniteLoss as e:
+        ckpt.wait()
+        where = f"step {last_good} in {ckpt.directory}" if last_good else "none saved"
+        print(f"error: {e}; training stopped. Last good checkpoint: {where}", file=sys.stderr)
+        status = 1
+    finally:
+        prefetch.close()
+        if bar is not None:
+            bar.close()
+        ckpt.close()
+        logger.close()
+    return status
+
+
+def _progress(enabled: bool, start: int, total: int, name: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=name, unit="step", dynamic_ncols=True)
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML preset, e.g. configs/local/walker_run/at_ra.yaml")
+    parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.steps=200 (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=None,
+        help="CPU only: emulate this many devices (XLA host platform device count)",
+    )
+
+
+def set_host_devices(n: int) -> None:
+    """Emulate ``n`` CPU devices; must run before JAX initialises its backends."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.host_devices:
+        set_host_devices(args.host_devices)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or os.path.join("runs", cfg.name)
+    return train(cfg, run_dir, progress=not args.no_progress)

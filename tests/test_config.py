@@ -1,0 +1,51 @@
+"""Typed configs: strict keys and types, overrides, presets."""
+
+from pathlib import Path
+
+import pytest
+
+from ringrl.config import Config, ConfigError, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_carry_the_paper_values():
+    cfg = Config()
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.warmup_steps) == (1e-4, 1e-4, 10_000)
+    assert (cfg.optim.grad_clip, cfg.model.dropout, cfg.agent.reward_scale) == (0.25, 0.1, 0.001)
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(None, ["train.steps=7", "optim.lr=3e-4", "model.attention=ring"])
+    assert cfg.train.steps == 7 and cfg.optim.lr == 3e-4 and cfg.model.attention == "ring"
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0  # an int is a fine float
+    assert load_config(None, ["data.task=null"]).data.task is None
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.stepz=3", "train.stepz"),
+        ("modle.num_layers=3", "modle"),
+        ("train.steps=many", "train.steps"),
+        ("train.steps=1.5", "train.steps"),
+        ("model.remat=3", "model.remat"),
+        ("model.dropout=yes", "model.dropout"),
+        ("agent.kind=ppo", "agent.kind"),
+        ("model.attention=flash", "model.attention"),
+        ("train=3", "train"),
+        ("model.num_layers.x=1", "model.num_layers"),
+    ],
+)
+def test_unknown_or_ill_typed_keys_are_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_a_yaml_file_round_trips(tmp_path):
+    cfg = load_config(None, ["name=x", "agent.num_trajectories=32"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    (tmp_path / "bad.yaml").write_text("model:\n  widht: 3\n")
+    with pytest.raises(ConfigError, match="model.widht"):
+        load_config(tmp_path / "bad.yaml")
