@@ -74,12 +74,13 @@ class TrainConfig:
     steps: int = 100_000  # AT: 100k updates
     batch_size: int = 8  # chains per step (global); AT: 8
     seed: int = 0
-    mesh_data: int = 1  # devices on the "data" axis
+    mesh_data: int = 1  # devices on the "data" axis (-1: the rest)
     mesh_seq: int = -1  # devices on the "seq" axis (-1: the rest)
     log_every: int = 10
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     prefetch: int = 4  # batches the background sampler builds ahead
+    host_devices: int = 0  # CPU only: emulate this many devices (0: leave JAX's default)
     nan_at_step: int = -1  # testing aid: poison this step's batch with NaN (-1: never)
 
 

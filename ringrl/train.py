@@ -289,12 +289,12 @@ def set_host_devices(n: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.host_devices:
-        set_host_devices(args.host_devices)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    if args.host_devices or cfg.train.host_devices:
+        set_host_devices(args.host_devices or cfg.train.host_devices)
     run_dir = args.run_dir or os.path.join("runs", cfg.name)
     return train(cfg, run_dir, progress=not args.no_progress)

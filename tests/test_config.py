@@ -49,3 +49,27 @@ def test_a_yaml_file_round_trips(tmp_path):
     (tmp_path / "bad.yaml").write_text("model:\n  widht: 3\n")
     with pytest.raises(ConfigError, match="model.widht"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_presets_are_generated_up_to_date_and_all_load():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "configs" / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    files = gen.render()
+    assert len(files) == 2 * 6 * 5
+    on_disk = set((ROOT / "configs").glob("*/*/*.yaml"))
+    assert on_disk == set(files), "run: python configs/generate.py"
+    for path, text in files.items():
+        assert path.read_text() == text, f"{path} is stale: run python configs/generate.py"
+        cfg = load_config(path)
+        method = path.stem
+        assert cfg.name.endswith(f"{path.parent.name}-{method}")
+        if method == "bc10":
+            assert cfg.agent.kind == "bc" and cfg.data.top_fraction == 0.1
+        if method.startswith("at_ra"):
+            assert cfg.model.attention == "ring" and cfg.agent.kind == "at"
+    paper = load_config(ROOT / "configs/paper/walker_run/at_ra_n128.yaml")
+    assert paper.agent.num_trajectories * paper.agent.steps_per_trajectory == 128_000
+    assert paper.agent.tokens_per_step == 4
