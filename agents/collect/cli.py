@@ -12,9 +12,12 @@ exploration runs also write their learning curve (``<out>.curve.json/.png``).
   evaluation return is closest to ``--medium-fraction`` (1/3, D4RL) of it. Snapshots go to
   ``--sac-snapshots DIR`` (default ``<out>.sac/``); if DIR already holds snapshots from an
   earlier run, medium/expert reuse them instead of training again.
-- ``explore``: RND intrinsic reward + SAC learner, extrinsic reward ignored (ExoRL recipe). The
-  physics states are saved; rewards are those of TASK, or with ``--relabel a,b,c`` one file per
-  listed task (``<out stem>-<task><suffix>``), rewards relabelled from the physics states.
+- ``explore``: RND intrinsic reward + SAC learner, extrinsic reward ignored (ExoRL recipe).
+
+dm_control tasks save the physics states; rewards are those of TASK, or with ``--relabel a,b,c``
+(any policy) one file per listed task of the domain, ``<out stem>-<task><suffix>``, whose rewards
+are relabelled from the physics states (``envs.relabel_rewards``); ``<out>`` itself is not
+written then.
 """
 
 from __future__ import annotations
@@ -54,7 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP widths")
     g.add_argument("--intrinsic", choices=["rnd"], default="rnd", help="exploration bonus")
-    g.add_argument("--relabel", default=None, help="explore: comma-separated tasks to relabel")
+    parser.add_argument(
+        "--relabel",
+        default=None,
+        help="dm_control: comma-separated tasks of the domain; writes one file per task",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -119,11 +126,14 @@ def run(args: argparse.Namespace) -> int:
             print("--policy explore needs a dm_control task (physics states)", file=sys.stderr)
             return 2
         episodes = _run_explore(args, task, out, meta)
-        if args.relabel:
-            tasks = [normalize_task(t) for t in args.relabel.split(",")]
-            writes = _relabelled(episodes, tasks, out)
-        else:
-            writes = [(out, task, episodes)]
+        writes = [(out, task, episodes)]
+
+    if args.relabel:
+        if not dmc:
+            print("--relabel needs a dm_control task (physics states)", file=sys.stderr)
+            return 2
+        tasks = [normalize_task(t) for t in args.relabel.split(",")]
+        writes = _relabelled(writes[0][2], tasks, out)
 
     for path, t, eps in writes:
         m = {**meta, "task": t, "wall_s": round(time.perf_counter() - t0, 2)}
