@@ -71,9 +71,9 @@ SCALES = {
     "local": {
         "model": {"num_layers": 2, "d_model": 64, "num_heads": 4, "num_kv_heads": 4,
                   "dropout": 0.1, "block_size": 128, "compute_dtype": "float32"},
-        "agent": {"tokens_per_step": 4, "reward_scale": 0.001, "steps_per_trajectory": 50},
+        "agent": {"tokens_per_step": 4, "reward_scale": 0.001, "steps_per_trajectory": 25},
         "optim": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 50, "grad_clip": 0.25},
-        "train": {"steps": 500, "batch_size": 4, "mesh_data": 1, "mesh_seq": 1,
+        "train": {"steps": 300, "batch_size": 4, "mesh_data": 1, "mesh_seq": 1,
                   "ckpt_every": 100, "log_every": 10},
     },
 }  # fmt: skip
