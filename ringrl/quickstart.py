@@ -1,0 +1,254 @@
+"""``ringrl quickstart [--run-dir DIR]``: the whole pipeline, end to end, on a small task.
+
+1. Collect (or reuse) a small SAC *replay* dataset for ``dm_control/cartpole-swingup-v0``
+   (``ringrl collect ... --policy sac``: every transition SAC saw while learning).
+2. Train an Agentic Transformer (ring attention over 4 host devices, chains of N whole episodes)
+   and a Decision Transformer (K = 20 step windows) on it (``ringrl train``).
+3. Evaluate both (``ringrl eval``): AT over N in-context episodes per trial with the KV cache,
+   DT one episode per trial; a uniform-random policy on the same seeds.
+4. Print a table and write ``summary.json`` and ``curve.png`` (in-context curves of both).
+
+Everything is resumable: the dataset, each training run and each evaluation are reused when
+already complete. ``--tiny`` shrinks every stage (a smoke test; the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+TASK = "dm_control/cartpole-swingup-v0"
+
+
+@dataclasses.dataclass
+class Plan:
+    """Sizes of every stage."""
+
+    task: str = TASK
+    collect_steps: int = 20_000  # SAC env steps (20 episodes of 1000 steps)
+    learning_starts: int = 5_000
+    at_steps: int = 400
+    dt_steps: int = 400
+    at_trajectories: int = 3  # N whole episodes per training chain (= in-context episodes)
+    tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
+    d_model: int = 64
+    num_layers: int = 2
+    block_size: int = 250
+    seq_devices: int = 4
+    trials: int = 4
+    envs: int = 4
+    dt_trials: int = 4
+    collect_policy: str = "sac"
+
+
+TINY = Plan(
+    task="Reacher-v5",
+    collect_steps=1_000,
+    learning_starts=200,
+    at_steps=3,
+    dt_steps=3,
+    at_trajectories=2,
+    d_model=16,
+    num_layers=1,
+    block_size=50,
+    trials=2,
+    envs=2,
+    dt_trials=2,
+    collect_policy="random",
+)
+
+
+def collect(plan: Plan, data_dir: Path) -> Path:
+    """The replay dataset (reused when present)."""
+    from ringrl.cli import main as cli
+
+    out = (
+        data_dir / f"{plan.task.replace('/', '_')}-{plan.collect_policy}-{plan.collect_steps}.hdf5"
+    )
+    if out.exists():
+        print(f"[1/4] reusing dataset {out}", flush=True)
+        return out
+    print(
+        f"[1/4] collecting {plan.collect_steps} steps ({plan.collect_policy}) -> {out}", flush=True
+    )
+    argv = [
+        "collect",
+        plan.task,
+        "--policy",
+        plan.collect_policy,
+        "--steps",
+        str(plan.collect_steps),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    if plan.collect_policy == "sac":
+        argv += ["--learning-starts", str(plan.learning_starts), "--eval-every", "100000000"]
+    if cli(argv) != 0:
+        raise RuntimeError("collection failed")
+    return out
+
+
+def at_overrides(plan: Plan, data: Path, max_steps: int) -> list[str]:
+    return [
+        "name=quickstart-at",
+        f"data.path={data}",
+        "agent.kind=at",
+        f"agent.num_trajectories={plan.at_trajectories}",
+        f"agent.steps_per_trajectory={max_steps}",
+        f"agent.tokens_per_step={plan.tokens_per_step}",
+        f"agent.max_timestep={max_steps}",
+        *_model(plan, "ring"),
+        f"train.steps={plan.at_steps}",
+        "train.batch_size=4",
+        f"train.mesh_seq={plan.seq_devices}",
+        f"train.ckpt_every={plan.at_steps}",
+        "optim.lr=0.001",
+        f"optim.warmup_steps={max(plan.at_steps // 10, 1)}",
+        "optim.end_lr_ratio=0.1",
+    ]
+
+
+def dt_overrides(plan: Plan, data: Path, max_steps: int) -> list[str]:
+    return [
+        "name=quickstart-dt",
+        f"data.path={data}",
+        "agent.kind=dt",
+        "agent.num_trajectories=1",
+        "agent.steps_per_trajectory=20",
+        "agent.random_window_start=true",
+        "agent.tokens_per_step=4",
+        f"agent.max_timestep={max_steps}",
+        *_model(plan, "vanilla"),
+        "model.block_size=80",
+        f"train.steps={plan.dt_steps}",
+        "train.batch_size=32",
+        "train.mesh_seq=1",
+        f"train.ckpt_every={plan.dt_steps}",
+        "optim.lr=0.001",
+        f"optim.warmup_steps={max(plan.dt_steps // 10, 1)}",
+        "optim.end_lr_ratio=0.1",
+    ]
+
+
+def _model(plan: Plan, attention: str) -> list[str]:
+    return [
+        f"model.num_layers={plan.num_layers}",
+        f"model.d_model={plan.d_model}",
+        "model.num_heads=4",
+        "model.num_kv_heads=4",
+        "model.dropout=0.1",
+        f"model.attention={attention}",
+        f"model.block_size={plan.block_size}",
+    ]
+
+
+def train_run(overrides: list[str], run_dir: Path, label: str) -> None:
+    from ringrl.config import load_config
+    from ringrl.train import train
+
+    cfg = load_config(None, overrides)
+    print(f"[{label}] training {cfg.name}: {cfg.train.steps} steps -> {run_dir}", flush=True)
+    if train(cfg, run_dir, progress=sys.stderr.isatty()) != 0:
+        raise RuntimeError(f"training {cfg.name} failed")
+
+
+def evaluate_run(run_dir: Path, trials: int, envs: int, episodes: int | None) -> dict:
+    from ringrl.evaluate import evaluate
+
+    done = run_dir / "eval.json"
+    if done.exists():
+        r = json.loads(done.read_text())
+        if r.get("trials") == trials and (episodes is None or r.get("episodes") == episodes):
+            return r
+    return evaluate(run_dir, trials=trials, num_envs=envs, episodes=episodes)
+
+
+def quickstart(
+    run_dir: str | Path, plan: Plan | None = None, data_dir: str | Path | None = None
+) -> dict:
+    """Run every stage into ``run_dir``; returns the summary (also ``summary.json``)."""
+    plan = plan or Plan()
+    import envs
+    from ringrl.evaluate import plot_curve
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = collect(plan, Path(data_dir) if data_dir else run_dir)
+    max_steps = int(envs.max_episode_steps(plan.task))
+    stamps = {"collect_s": time.perf_counter() - t0}
+    train_run(at_overrides(plan, data, max_steps), run_dir / "at", "2/4")
+    stamps["train_at_s"] = time.perf_counter() - t0 - sum(stamps.values())
+    train_run(dt_overrides(plan, data, max_steps), run_dir / "dt", "3/4")
+    stamps["train_dt_s"] = time.perf_counter() - t0 - sum(stamps.values())
+    print("[4/4] evaluating AT (in-context, KV cache) and DT", flush=True)
+    at = evaluate_run(run_dir / "at", plan.trials, plan.envs, plan.at_trajectories)
+    dt = evaluate_run(run_dir / "dt", plan.dt_trials, plan.envs, 1)
+    stamps["eval_s"] = time.perf_counter() - t0 - sum(stamps.values())
+    plot_curve([at, dt], run_dir / "curve.png", f"{plan.task}: in-context return")
+    summary = {
+        "task": plan.task,
+        "random_return_mean": at["random_return_mean"],
+        "dataset_best_return": at["dataset_best_return"],
+        "dataset_mean_return": at["dataset_mean_return"],
+        "dt_return_mean": dt["final_return_mean"],
+        "at_final_return_mean": at["final_return_mean"],
+        "at_max_return_mean": at["max_return_mean"],
+        "at_curve": at["episode_return_mean"],
+        "at_vs_random": (
+            at["final_return_mean"] / at["random_return_mean"]
+            if at["random_return_mean"] > 0
+            else None
+        ),
+        "wall_s": {k: round(v, 1) for k, v in stamps.items()},
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(table(summary, at, dt))
+    return summary
+
+
+def table(s: dict, at: dict, dt: dict) -> str:
+    curve = " -> ".join(f"{x:.1f}" for x in s["at_curve"])
+    rows = [
+        ("random (uniform actions)", f"{s['random_return_mean']:.1f}"),
+        (
+            "dataset best / mean episode",
+            f"{s['dataset_best_return']:.1f} / {s['dataset_mean_return']:.1f}",
+        ),
+        (
+            f"DT ({dt['trials']} trials)",
+            f"{s['dt_return_mean']:.1f} ± {dt['final_return_std']:.1f}",
+        ),
+        (
+            f"AT final episode ({at['trials']} trials)",
+            f"{s['at_final_return_mean']:.1f} ± {at['final_return_std']:.1f}",
+        ),
+        ("AT max over episodes (AT paper's metric)", f"{s['at_max_return_mean']:.1f}"),
+        ("AT in-context curve (episode 1 -> N)", curve),
+        ("AT final / random", "n/a" if s["at_vs_random"] is None else f"{s['at_vs_random']:.1f}x"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{s['task']} -- return per episode (time: {s['total_s']:.0f} s)"]
+    lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default="runs/quickstart", help="output directory")
+    parser.add_argument("--data-dir", default=None, help="dataset directory (default: run dir)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a seconds-long smoke test on Reacher-v5 (meaningless numbers)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    quickstart(args.run_dir, TINY if args.tiny else Plan(), args.data_dir)
+    return 0
