@@ -96,7 +96,8 @@ class RNDState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class RND:
-    """``init(key) -> RNDState``; ``reward(state, obs)``; ``update(state, obs)`` (pure)."""
+    """``RND.create(cfg, obs_dim, key) -> (rnd, state)``; ``rnd.reward(state, obs)``;
+    ``rnd.update(state, obs) -> (state, metrics)`` (pure functions, jit them)."""
 
     cfg: RNDConfig
     obs_dim: int

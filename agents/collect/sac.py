@@ -19,6 +19,7 @@ Every transition the agent collects goes into the replay buffer *and* into an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pickle
 import time
@@ -147,8 +148,9 @@ class SACState(NamedTuple):
 class SAC:
     """The static parts of an agent (graph definitions, optimizer) plus pure functions.
 
-    ``init(key) -> SACState``; ``update(state, batch) -> (state, metrics)`` (jitted);
-    ``act(actor_params, obs, key, deterministic)`` (jitted).
+    ``SAC.create(cfg, obs_dim, act_dim) -> (agent, state)``;
+    ``agent.update(state, batch) -> (state, metrics)`` (jitted, state donated);
+    ``agent.act(actor_params, obs, key, deterministic) -> action in [-1, 1]`` (jitted).
     """
 
     cfg: SACConfig
@@ -244,9 +246,10 @@ class SAC:
         )
         return new, info
 
-    @property
+    @functools.cached_property
     def update(self) -> Callable[[SACState, Batch], tuple[SACState, dict]]:
-        return _jit_cache(self, "update", lambda: jax.jit(self.update_fn, donate_argnums=0))
+        """``update_fn`` jitted, the state donated."""
+        return jax.jit(self.update_fn, donate_argnums=0)
 
     def act_fn(
         self, actor_params: nnx.State, obs: jax.Array, key: jax.Array, deterministic: bool
@@ -256,19 +259,10 @@ class SAC:
             return jnp.tanh(mean)
         return sample_action(key, mean, log_std)[0]
 
-    @property
+    @functools.cached_property
     def act(self) -> Callable:
-        return _jit_cache(self, "act", lambda: jax.jit(self.act_fn, static_argnums=3))
-
-
-_JITS: dict[tuple[int, str], Callable] = {}
-
-
-def _jit_cache(agent: SAC, name: str, make: Callable[[], Callable]) -> Callable:
-    k = (id(agent), name)
-    if k not in _JITS:
-        _JITS[k] = make()
-    return _JITS[k]
+        """``act_fn`` jitted (``deterministic`` static)."""
+        return jax.jit(self.act_fn, static_argnums=3)
 
 
 # --------------------------------------------------------------------------------------------
