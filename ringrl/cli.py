@@ -9,7 +9,21 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+HOST_DEVICES = os.environ.get("RINGRL_HOST_DEVICES", "8")
+
+
+def _emulate_host_devices() -> None:
+    """Give the CPU backend several devices (for ring attention on one host) before jax loads.
+
+    Only the CPU platform is affected; set ``RINGRL_HOST_DEVICES`` to change the count.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags and "jax" not in sys.modules:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={HOST_DEVICES}"
+
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -22,6 +36,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    _emulate_host_devices()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":  # benchmarks parse their own options
+        from ringrl.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ringrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     available = {}

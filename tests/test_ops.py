@@ -240,3 +240,27 @@ def test_heads_not_multiple_of_kv_heads_is_rejected():
     q, k, v, _ = random_inputs(heads=3, kv_heads=2)
     with pytest.raises(ValueError, match="multiple of kv_heads"):
         reference_attention(q, k, v)
+
+
+def test_contiguous_layout_is_imbalanced_where_zigzag_is_not():
+    q, k, v, _ = random_inputs()
+    counts = np.asarray(
+        ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK, layout="contiguous")
+    )
+    assert counts[0, 1:].sum() == 0  # device 0 holds the first positions: nothing after step 0
+    assert np.all(counts[3] > 0)  # the last device computes at every step
+    assert counts.sum() == (L // BLOCK) * (L // BLOCK + 1) // 2
+
+
+def test_zigzag_round_trip_restores_natural_order():
+    from ringrl.ops.api import from_zigzag, to_zigzag
+
+    mesh = make_mesh(1, 4)
+    x = jnp.arange(2 * L, dtype=jnp.float32).reshape(2, L)
+    spec = jax.P(None, "seq")
+    zig = jax.shard_map(lambda x: to_zigzag(x, "seq"), mesh=mesh, in_specs=spec, out_specs=spec)
+    laid_out = zig(x)
+    chunk = L // 8
+    np.testing.assert_array_equal(laid_out[0, chunk : 2 * chunk], x[0, 7 * chunk : 8 * chunk])
+    back = jax.shard_map(lambda x: from_zigzag(x, "seq"), mesh=mesh, in_specs=spec, out_specs=spec)
+    np.testing.assert_array_equal(back(laid_out), x)

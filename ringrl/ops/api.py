@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 
 from ringrl.ops.blockwise import blockwise_attention
 from ringrl.ops.reference import check_shapes, reference_attention
-from ringrl.ops.ring import layout_permutation, ring_attention, ring_block_counts
+from ringrl.ops.ring import ring_attention, ring_block_counts
 
 IMPLS = ("vanilla", "blockwise", "ring")
 
@@ -31,10 +31,53 @@ def _specs(mesh: Mesh, batch: int) -> tuple[P, P]:
     return P(data, "seq", None, None), P(data, "seq")
 
 
-def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=None):
+def _zigzag_moves(R: int, parity: int) -> list[tuple[int, int]]:
+    """Where each device's natural chunk ``2r + parity`` goes under the zigzag layout."""
+    dest = lambda j: j if j < R else 2 * R - 1 - j  # noqa: E731
+    return [(r, dest(2 * r + parity)) for r in range(R)]
+
+
+def to_zigzag(x: Array, axis_name: str) -> Array:
+    """Inside ``shard_map``: natural contiguous shards -> zigzag shards (two ``ppermute``s).
+
+    Device r holds natural chunks ``2r, 2r+1`` (of ``2R``) and must end with chunks ``r`` and
+    ``2R-1-r``. Exactly one of those is even, so every device receives one even and one odd
+    chunk: no gather of the whole sequence ever happens.
+    """
+    R = jax.lax.axis_size(axis_name)
+    if R == 1:
+        return x
+    even, odd = jnp.split(x, 2, axis=1)
+    even = jax.lax.ppermute(even, axis_name, _zigzag_moves(R, 0))
+    odd = jax.lax.ppermute(odd, axis_name, _zigzag_moves(R, 1))
+    d_is_even = jax.lax.axis_index(axis_name) % 2 == 0
+    first = jnp.where(d_is_even, even, odd)
+    second = jnp.where(d_is_even, odd, even)
+    return jnp.concatenate([first, second], axis=1)
+
+
+def from_zigzag(x: Array, axis_name: str) -> Array:
+    """Inverse of :func:`to_zigzag`."""
+    R = jax.lax.axis_size(axis_name)
+    if R == 1:
+        return x
+    first, second = jnp.split(x, 2, axis=1)
+    d_is_even = jax.lax.axis_index(axis_name) % 2 == 0
+    even = jnp.where(d_is_even, first, second)
+    odd = jnp.where(d_is_even, second, first)
+    back = lambda moves: [(dst, src) for src, dst in moves]  # noqa: E731
+    even = jax.lax.ppermute(even, axis_name, back(_zigzag_moves(R, 0)))
+    odd = jax.lax.ppermute(odd, axis_name, back(_zigzag_moves(R, 1)))
+    return jnp.concatenate([even, odd], axis=1)
+
+
+def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=None, layout=None):
+    """Run ``fn`` (ring attention or its counters) in ``shard_map`` over natural-order inputs."""
     R = mesh.shape["seq"]
     L = q.shape[1]
-    layout = ring_layout(causal)
+    layout = layout or ring_layout(causal)
+    if layout not in ("contiguous", "zigzag"):
+        raise ValueError(f"attention() lays sequences out contiguous or zigzag, not {layout!r}")
     chunks = 2 * R if layout == "zigzag" else R
     if L % chunks:
         raise ValueError(
@@ -43,12 +86,13 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
         )
     if segment_ids is None:
         segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
-    perm = layout_permutation(layout, R, L)
-    q, k, v, seg = (x[:, perm] for x in (q, k, v, segment_ids.astype(jnp.int32)))
     spec4, spec2 = _specs(mesh, q.shape[0])
+    zig = layout == "zigzag"
 
     def body(q, k, v, seg):
-        return fn(
+        if zig:
+            q, k, v, seg = (to_zigzag(x, "seq") for x in (q, k, v, seg))
+        out = fn(
             q,
             k,
             v,
@@ -58,15 +102,15 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
             block_size=block_size,
             layout=layout,
         )
+        return from_zigzag(out, "seq") if zig and out_specs is None else out
 
-    out = jax.shard_map(
+    return jax.shard_map(
         body,
         mesh=mesh,
         in_specs=(spec4, spec4, spec4, spec2),
         out_specs=out_specs or spec4,
         check_vma=False,
-    )(q, k, v, seg)
-    return out, perm
+    )(q, k, v, segment_ids.astype(jnp.int32))
 
 
 def attention(
@@ -104,8 +148,7 @@ def attention(
     if impl != "ring":
         raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
     mesh = mesh or _default_mesh()
-    out, perm = _sharded_ring(ring_attention, q, k, v, segment_ids, mesh, causal, block_size)
-    return out[:, jnp.argsort(perm)]
+    return _sharded_ring(ring_attention, q, k, v, segment_ids, mesh, causal, block_size)
 
 
 def ring_step_counts(
@@ -117,14 +160,16 @@ def ring_step_counts(
     causal: bool = True,
     segment_ids: Array | None = None,
     block_size: int = 512,
+    layout: str | None = None,
 ) -> Array:
     """Block pairs computed by each device at each ring step, ``[devices, steps]``.
 
-    Runs the forward kernel of ``attention(impl="ring")`` with the same layout choice and
-    returns its counters: a balanced layout shows equal numbers down every column.
+    Runs the forward kernel of ``attention(impl="ring")`` with the same layout choice (or
+    ``layout``) and returns its counters: a balanced layout shows equal numbers down every
+    column.
     """
     mesh = mesh or _default_mesh()
-    counts, _ = _sharded_ring(
+    return _sharded_ring(
         lambda *a, **kw: ring_block_counts(*a, **kw)[None],
         q,
         k,
@@ -134,5 +179,5 @@ def ring_step_counts(
         causal,
         block_size,
         out_specs=P("seq"),
+        layout=layout,
     )
-    return counts
