@@ -129,7 +129,7 @@ def make_train_step(graphdef: nnx.GraphDef, cfg: Config, mesh: Mesh):
         (loss, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(agent)
         opt.update(agent, grads)
         _, _, new_state = nnx.split((agent, opt), nnx.RngState, ...)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(step)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step)}
         return new_state, metrics
 
     return jax.jit(step_fn, donate_argnums=0)

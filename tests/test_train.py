@@ -75,7 +75,7 @@ def env(root):
 def train(root, run_dir, *overrides):
     return subprocess.run(
         command(root, run_dir, *overrides), env=env(root), capture_output=True, text=True,
-        timeout=300,
+        timeout=900,
     )  # fmt: skip
 
 
