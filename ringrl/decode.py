@@ -317,6 +317,8 @@ class IncrementalPolicy:
         )
         self.capacity = self.cache.seg.shape[1]
         self.graphdef, self.state = nnx.split(agent)
+        if mesh is not None:  # parameters replicated over the mesh the cache lives on
+            self.state = jax.device_put(self.state, NamedSharding(mesh, P()))
         self._step = jax.jit(self._step_fn)
         self._prefill = jax.jit(self._prefill_fn)
         self._embed = jax.jit(self._embed_fn)
