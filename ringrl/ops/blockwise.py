@@ -63,17 +63,14 @@ def finalize(carry: Carry, dtype: jnp.dtype) -> tuple[Array, Array]:
     return (o / denom_BQKG[..., None]).astype(dtype), lse_BKGQ
 
 
-def _blocks(x: Array, block: int, axis: int = 1) -> Array:
-    """Split ``axis`` into ``[N, block]`` and move N to the front (for ``lax.scan``)."""
-    n = x.shape[axis] // block
-    x = x.reshape(x.shape[:axis] + (n, block) + x.shape[axis + 1 :])
-    return jnp.moveaxis(x, axis, 0)
+def _get(x: Array, i: Array, size: int, axis: int = 1) -> Array:
+    """Block ``i`` (of ``size`` positions) along ``axis``, without copying the rest."""
+    return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis)
 
 
-def _unblocks(x: Array, axis: int = 1) -> Array:
-    """Inverse of :func:`_blocks`."""
-    x = jnp.moveaxis(x, 0, axis)
-    return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+def _put(x: Array, block: Array, i: Array, size: int, axis: int = 1) -> Array:
+    """Write block ``i`` along ``axis`` in place."""
+    return jax.lax.dynamic_update_slice_in_dim(x, block, i * size, axis)
 
 
 def _visible(q_pos_q: Array, k_pos_s: Array, causal: bool) -> Array:
@@ -119,37 +116,38 @@ def attend_shard(
 ) -> tuple[Carry, Array]:
     """Fold the key/value shard into every query's online-softmax state.
 
-    Returns the new carry and the number of block pairs actually computed (int32 scalar).
+    Blocks are read and written in place with dynamic slices (no blocked copies of the
+    shards). Returns the new carry and the number of block pairs actually computed (int32).
     """
-    qb = _blocks(q_BQKGD, block_q)
-    qpos = q_side.pos_L.reshape(-1, block_q)
-    qseg = _blocks(q_side.seg_BL, block_q)
-    kb, vb = _blocks(k_BSKD, block_k), _blocks(v_BSKD, block_k)
-    kpos = k_side.pos_L.reshape(-1, block_k)
-    kseg = _blocks(k_side.seg_BL, block_k)
-    carry_b = Carry(_blocks(carry.o_BQKGD, block_q), *(_blocks(x, block_q, 3) for x in carry[1:]))
+    num_q, num_k = q_BQKGD.shape[1] // block_q, k_BSKD.shape[1] // block_k
 
-    def per_q_block(count, xs):
-        c, q_blk, qp, qs = xs
+    def per_q_block(i, state):
+        carry, count = state
+        q_blk, qp = _get(q_BQKGD, i, block_q), _get(q_side.pos_L, i, block_q, 0)
+        qs = _get(q_side.seg_BL, i, block_q)
+        c = Carry(_get(carry.o_BQKGD, i, block_q), *(_get(x, i, block_q, 3) for x in carry[1:]))
 
-        def per_k_block(state, ks):
+        def per_k_block(j, state):
             c, count = state
-            k_blk, v_blk, kp, kss = ks
+            kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k)
 
             def compute(c):
-                mask = attention_mask(qp, kp, qs, kss, causal=causal)
+                mask = attention_mask(qp, kp, qs, ks, causal=causal)
+                k_blk, v_blk = _get(k_BSKD, j, block_k), _get(v_BSKD, j, block_k)
                 return _online_update(c, q_blk, k_blk, v_blk, mask)
 
             visible = _visible(qp, kp, causal)
             c = jax.lax.cond(visible, compute, lambda c: c, c)
-            return (c, count + visible.astype(jnp.int32)), None
+            return c, count + visible.astype(jnp.int32)
 
-        (c, count), _ = jax.lax.scan(per_k_block, (c, count), (kb, vb, kpos, kseg))
-        return count, c
+        c, count = jax.lax.fori_loop(0, num_k, per_k_block, (c, count))
+        carry = Carry(
+            _put(carry.o_BQKGD, c.o_BQKGD, i, block_q),
+            *(_put(x, y, i, block_q, 3) for x, y in zip(carry[1:], c[1:], strict=True)),
+        )
+        return carry, count
 
-    count, new_b = jax.lax.scan(per_q_block, jnp.int32(0), (carry_b, qb, qpos, qseg))
-    new = Carry(_unblocks(new_b.o_BQKGD), *(_unblocks(x, 3) for x in new_b[1:]))
-    return new, count
+    return jax.lax.fori_loop(0, num_q, per_q_block, (carry, jnp.int32(0)))
 
 
 def attend_shard_bwd(
@@ -161,71 +159,65 @@ def attend_shard_bwd(
     delta_BKGQ: Array,
     q_side: Shard,
     k_side: Shard,
+    grads: tuple[Array, Array, Array],
     *,
     causal: bool,
     block_q: int,
     block_k: int,
 ) -> tuple[Array, Array, Array]:
-    """Gradient contributions of one query shard against one key/value shard.
+    """Add the gradient contributions of one query shard against one key/value shard.
 
-    Recomputes ``p = exp(s - lse)`` block by block. Returns float32 (dq, dk, dv) with the shapes
-    of q, k, v. ``delta = rowsum(do * out)``.
+    ``grads`` = float32 accumulators (dq ``[B, Q, K, G, D]``, dk, dv with k's shape), updated
+    in place and returned. Recomputes ``p = exp(s - lse)`` block by block;
+    ``delta = rowsum(do * out)``.
     """
     f = stats_dtype(q_BQKGD.dtype)
     scale = jnp.asarray(q_BQKGD.shape[-1] ** -0.5, f)
-    qb, dob = _blocks(q_BQKGD, block_q), _blocks(do_BQKGD, block_q)
-    lseb, deltab = _blocks(lse_BKGQ, block_q, 3), _blocks(delta_BKGQ, block_q, 3)
-    qpos = q_side.pos_L.reshape(-1, block_q)
-    qseg = _blocks(q_side.seg_BL, block_q)
-    kb, vb = _blocks(k_BSKD, block_k), _blocks(v_BSKD, block_k)
-    kpos = k_side.pos_L.reshape(-1, block_k)
-    kseg = _blocks(k_side.seg_BL, block_k)
+    num_q, num_k = q_BQKGD.shape[1] // block_q, k_BSKD.shape[1] // block_k
 
-    def per_k_block(dq_b, ks):
-        k_blk, v_blk, kp, kss = ks
+    def per_k_block(j, grads):
+        dq, dk, dv = grads
+        k_blk, v_blk = _get(k_BSKD, j, block_k), _get(v_BSKD, j, block_k)
+        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k)
 
-        def per_q_block(state, qs):
-            i, q_blk, do_blk, lse, delta, qp, qss = qs
+        def per_q_block(i, state):
+            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q)
 
             def compute(state):
-                dq_b, dk, dv = state
-                mask = attention_mask(qp, kp, qss, kss, causal=causal)
+                dq, dk_blk, dv_blk = state
+                q_blk, do_blk = _get(q_BQKGD, i, block_q), _get(do_BQKGD, i, block_q)
+                lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
+                mask = attention_mask(qp, kp, qs, ks, causal=causal)
                 p_BKGqs = jnp.exp(_scores(q_blk, k_blk, mask) - lse[..., None])
                 dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=f)
                 ds_BKGqs = p_BKGqs * (dp - delta[..., None]) * scale
-                dv += jnp.einsum(
+                dv_blk += jnp.einsum(
                     "bkgqs,bqkgd->bskd",
                     p_BKGqs.astype(do_blk.dtype),
                     do_blk,
                     preferred_element_type=f,
                 )
-                dk += jnp.einsum(
+                dk_blk += jnp.einsum(
                     "bkgqs,bqkgd->bskd",
                     ds_BKGqs.astype(q_blk.dtype),
                     q_blk,
                     preferred_element_type=f,
                 )
-                dq_blk = jnp.einsum(
+                dq_blk = _get(dq, i, block_q) + jnp.einsum(
                     "bkgqs,bskd->bqkgd",
                     ds_BKGqs.astype(k_blk.dtype),
                     k_blk,
                     preferred_element_type=f,
                 )
-                return dq_b.at[i].add(dq_blk), dk, dv
+                return _put(dq, dq_blk, i, block_q), dk_blk, dv_blk
 
-            state = jax.lax.cond(_visible(qp, kp, causal), compute, lambda s: s, state)
-            return state, None
+            return jax.lax.cond(_visible(qp, kp, causal), compute, lambda s: s, state)
 
-        zeros_BsKD = jnp.zeros(k_blk.shape, f)
-        (dq_b, dk, dv), _ = jax.lax.scan(
-            per_q_block,
-            (dq_b, zeros_BsKD, zeros_BsKD),
-            (jnp.arange(qb.shape[0]), qb, dob, lseb, deltab, qpos, qseg),
-        )
-        return dq_b, (dk, dv)
+        state = (dq, _get(dk, j, block_k), _get(dv, j, block_k))
+        dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
+        return dq, _put(dk, dk_blk, j, block_k), _put(dv, dv_blk, j, block_k)
 
-    dq_b, (dk_b, dv_b) = jax.lax.scan(per_k_block, jnp.zeros(qb.shape, f), (kb, vb, kpos, kseg))
-    return _unblocks(dq_b), _unblocks(dk_b), _unblocks(dv_b)
+    return jax.lax.fori_loop(0, num_k, per_k_block, grads)
 
 
 def delta_of(out_BQKGD: Array, do_BQKGD: Array) -> Array:
@@ -272,6 +264,8 @@ def _blockwise_bwd(causal, block_size, res, do):
     q5 = split_heads(q, k.shape[2])
     do5 = do.reshape(q5.shape)
     side = _sides(segment_ids)
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    zeros = (jnp.zeros(q5.shape, f32), jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32))
     dq, dk, dv = attend_shard_bwd(
         q5,
         k,
@@ -281,6 +275,7 @@ def _blockwise_bwd(causal, block_size, res, do):
         delta_of(out5, do5),
         side,
         side,
+        zeros,
         causal=causal,
         block_q=b,
         block_k=b,

@@ -123,7 +123,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
 
-    def grads(kv, step):
+    def accumulate(kv, step, acc):
         k_cur, v_cur, seg_cur = kv
         k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
         return attend_shard_bwd(
@@ -135,24 +135,24 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             delta,
             q_side,
             k_side,
+            acc,
             causal=causal,
             block_q=b,
             block_k=b,
         )
 
     def step_fn(state, step):
-        dq, kv, dkv = state
+        dq, kv, (dk, dv) = state
         kv_next = jax.lax.ppermute(kv, axis_name, perm)  # issued before this step's compute
-        dq_s, dk_s, dv_s = grads(kv, step)
-        dkv = jax.lax.ppermute((dkv[0] + dk_s, dkv[1] + dv_s), axis_name, perm)
-        return (dq + dq_s, kv_next, dkv), None
+        dq, dk, dv = accumulate(kv, step, (dq, dk, dv))
+        dkv = jax.lax.ppermute((dk, dv), axis_name, perm)  # travels with its K/V shard
+        return (dq, kv_next, dkv), None
 
     f32 = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
     state = (f32(q5), (k, v, segment_ids), (f32(k), f32(v)))
     (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
-    dq_s, dk_s, dv_s = grads(kv, R - 1)
-    dk, dv = jax.lax.ppermute((dk + dk_s, dv + dv_s), axis_name, perm)  # back to the owner
-    dq = dq + dq_s
+    dq, dk, dv = accumulate(kv, R - 1, (dq, dk, dv))
+    dk, dv = jax.lax.ppermute((dk, dv), axis_name, perm)  # back to the owner
     return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
