@@ -44,8 +44,10 @@ SEQ_AXIS = "seq"
 class KVCache(NamedTuple):
     """Keys/values of every layer for ``B`` rows of ``C`` token slots.
 
-    ``k``/``v``: ``[Y, B, C, K, E]``; ``seg``: int32 ``[B, C]`` segment id of each slot (negative:
-    empty or padding, never attended); ``pos``: int32 ``[B]`` the next free slot of each row.
+    ``k``/``v``: one ``[B, C, K, E]`` array per layer (separate arrays, so that a jitted step
+    with the cache donated updates them in place); ``seg``: int32 ``[B, C]`` segment id of each
+    slot (negative: empty or padding, never attended); ``pos``: int32 ``[B]`` the next free slot
+    of each row.
     """
 
     k: Array
@@ -59,10 +61,13 @@ def seq_shards(mesh: Mesh | None) -> int:
     return 1 if mesh is None else int(mesh.shape[SEQ_AXIS])
 
 
-def cache_shardings(mesh: Mesh) -> KVCache:
-    """NamedShardings of a cache whose slot axis is split over ``"seq"``."""
-    kv = NamedSharding(mesh, P(None, None, SEQ_AXIS, None, None))
-    return KVCache(kv, kv, NamedSharding(mesh, P(None, SEQ_AXIS)), NamedSharding(mesh, P()))
+def cache_shardings(mesh: Mesh):
+    """``cache -> NamedShardings`` of a cache whose slot axis is split over ``"seq"``."""
+    kv = NamedSharding(mesh, P(None, SEQ_AXIS, None, None))
+    seg = NamedSharding(mesh, P(None, SEQ_AXIS))
+    return lambda cache: KVCache(
+        tuple(kv for _ in cache.k), tuple(kv for _ in cache.v), seg, NamedSharding(mesh, P())
+    )
 
 
 def init_cache(
@@ -77,15 +82,15 @@ def init_cache(
     R = seq_shards(mesh)
     C = -(-capacity // R) * R
     E = cfg.d_model // cfg.num_heads
-    shape = (cfg.num_layers, batch, C, cfg.num_kv_heads, E)
+    shape = (batch, C, cfg.num_kv_heads, E)
     cache = KVCache(
-        jnp.zeros(shape, dtype),
-        jnp.zeros(shape, dtype),
+        tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         jnp.full((batch, C), -1, jnp.int32),
         jnp.zeros((batch,), jnp.int32),
     )
     if R > 1:
-        cache = jax.device_put(cache, cache_shardings(mesh))
+        cache = jax.device_put(cache, cache_shardings(mesh)(cache))
     return cache
 
 
@@ -228,7 +233,7 @@ def decode_step(
         x_BND = x_BND + block.mlp(block.norm2(x_BND).astype(cfg.dtype)).astype(x_BND.dtype)
     num_new_B = jnp.full((B,), N, jnp.int32) if num_new_B is None else num_new_B
     pos_B = cache.pos + num_new_B.astype(jnp.int32)
-    new_cache = KVCache(jnp.stack(ks), jnp.stack(vs), seg_BC, pos_B)
+    new_cache = KVCache(tuple(ks), tuple(vs), seg_BC, pos_B)
     return model.norm(x_BND), new_cache
 
 
@@ -319,8 +324,8 @@ class IncrementalPolicy:
         self.graphdef, self.state = nnx.split(agent)
         if mesh is not None:  # parameters replicated over the mesh the cache lives on
             self.state = jax.device_put(self.state, NamedSharding(mesh, P()))
-        self._step = jax.jit(self._step_fn)
-        self._prefill = jax.jit(self._prefill_fn)
+        self._step = jax.jit(self._step_fn, donate_argnums=4)  # the cache, updated in place
+        self._prefill = jax.jit(self._prefill_fn, donate_argnums=4)
         self._embed = jax.jit(self._embed_fn)
         self.histories = [TrialHistory() for _ in range(num_envs)]
         self.kept_from = np.zeros(num_envs, int)  # first history episode in the context
@@ -343,12 +348,12 @@ class IncrementalPolicy:
 
     def _prefill_fn(self, state, x_1ND, seg_1N, num_new_1, cache, row):
         agent = nnx.merge(self.graphdef, state)
-        one = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, _row_axis(a)), cache)
+        one = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, row, 1, 0), cache)
         _, one = decode_step(
             agent.transformer, x_1ND, seg_1N, one, mesh=self.mesh, num_new_B=num_new_1
         )
         return jax.tree.map(
-            lambda a, o: jax.lax.dynamic_update_slice_in_dim(a, o, row, _row_axis(a)), cache, one
+            lambda a, o: jax.lax.dynamic_update_slice_in_dim(a, o, row, 0), cache, one
         )
 
     # -- per-environment bookkeeping -----------------------------------------------------------
@@ -461,8 +466,3 @@ class IncrementalPolicy:
                 self.state, x_1ND, seg_1N, np.asarray([count], np.int32), self.cache, e
             )
         self.pos[e] = real
-
-
-def _row_axis(a: Array) -> int:
-    """The row axis of a cache array: ``k``/``v`` are ``[Y, B, ...]``, the others ``[B, ...]``."""
-    return 1 if a.ndim == 5 else 0

@@ -104,4 +104,4 @@ def test_incremental_policy_sharded_cache_equals_full_recompute():
     assert evictions > 0
     assert worst < TOL
     policy = IncrementalPolicy(agent, 2, 3.0, 7, mesh=mesh)
-    assert policy.cache.k.sharding.spec[2] == "seq"
+    assert policy.cache.k[0].sharding.spec[1] == "seq"

@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     c = cached.cache
     key = jax.random.key(0)
     cached.cache = c._replace(
-        k=jax.random.normal(key, c.k.shape, c.k.dtype) * 0.5,
-        v=jax.random.normal(key, c.v.shape, c.v.dtype),
+        k=tuple(jax.random.normal(key, a.shape, a.dtype) * 0.5 for a in c.k),
+        v=tuple(jax.random.normal(key, a.shape, a.dtype) for a in c.v),
         seg=jnp.where(jnp.arange(c.seg.shape[1])[None] < filled, 0, -1).astype(jnp.int32)
         + jnp.zeros_like(c.seg),
         pos=jnp.full_like(c.pos, filled),
