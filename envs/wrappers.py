@@ -46,8 +46,17 @@ class MujocoEnv(SeededWrapper):
         self.observation_space = gymnasium.spaces.Box(low, high, space.shape, np.float32)
         self.seed_next_reset(seed)
 
+    @property
+    def has_physics(self) -> bool:
+        """False for gymnasium envs that are not MuJoCo-based (e.g. ``Pendulum-v1``)."""
+        return hasattr(getattr(self.env.unwrapped, "data", None), "qpos")
+
     def get_physics_state(self) -> np.ndarray:
         """``concat(qpos, qvel)`` as float64 (a copy)."""
+        if not self.has_physics:
+            raise ValueError(
+                f"{self.env.spec.id if self.env.spec else self.env} has no MuJoCo physics"
+            )
         data = self.env.unwrapped.data
         return np.concatenate([data.qpos, data.qvel]).astype(np.float64)
 
@@ -62,11 +71,13 @@ class MujocoEnv(SeededWrapper):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Resets; ``info["physics"]`` holds the initial physics state."""
         obs, info = self.env.reset(seed=self.take_seed(seed), options=options)
-        info["physics"] = self.get_physics_state()
+        if self.has_physics:
+            info["physics"] = self.get_physics_state()
         return np.asarray(obs, dtype=np.float32), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Steps; ``info["physics"]`` is the post-step state."""
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info["physics"] = self.get_physics_state()
+        if self.has_physics:
+            info["physics"] = self.get_physics_state()
         return np.asarray(obs, dtype=np.float32), float(reward), terminated, truncated, info

@@ -37,7 +37,7 @@ class Plan:
     tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
     d_model: int = 64
     num_layers: int = 2
-    block_size: int = 250
+    block_size: int = 500  # one block per zigzag chunk on 4 devices: fewest loop iterations
     seq_devices: int = 4
     trials: int = 4
     envs: int = 4

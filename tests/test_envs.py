@@ -320,3 +320,12 @@ def test_dm_control_scores_are_raw_returns():
 def test_unknown_score_name_raises_listing_known_names():
     with pytest.raises(ValueError, match=r"'Humanoid-v5'.*Hopper-v5"):
         envs.normalized_score("Humanoid-v5", 1.0)
+
+
+def test_make_accepts_a_gymnasium_env_without_mujoco_physics():
+    env = envs.make("Pendulum-v1", seed=0)
+    obs, info = env.reset()
+    assert obs.dtype == np.float32 and obs.shape == (3,)
+    assert "physics" not in info
+    obs, *_ = env.step(env.action_space.sample())
+    assert obs.dtype == np.float32
