@@ -31,7 +31,8 @@ class Plan:
     task: str = TASK
     collect_steps: int = 20_000  # SAC env steps (20 episodes of 1000 steps)
     learning_starts: int = 5_000
-    at_steps: int = 400
+    at_steps: int = 240
+    at_batch: int = 2  # chains per step (2 x 4000 tokens): keeps the quickstart within 15 min
     dt_steps: int = 400
     at_trajectories: int = 3  # N whole episodes per training chain (= in-context episodes)
     tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
@@ -104,7 +105,7 @@ def at_overrides(plan: Plan, data: Path, max_steps: int) -> list[str]:
         f"agent.max_timestep={max_steps}",
         *_model(plan, "ring"),
         f"train.steps={plan.at_steps}",
-        "train.batch_size=4",
+        f"train.batch_size={plan.at_batch}",
         f"train.mesh_seq={plan.seq_devices}",
         f"train.ckpt_every={plan.at_steps}",
         "optim.lr=0.001",
