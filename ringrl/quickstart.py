@@ -31,8 +31,8 @@ class Plan:
     task: str = TASK
     collect_steps: int = 20_000  # SAC env steps (20 episodes of 1000 steps)
     learning_starts: int = 5_000
-    at_steps: int = 240
-    at_batch: int = 2  # chains per step (2 x 4000 tokens): keeps the quickstart within 15 min
+    at_steps: int = 400
+    at_batch: int = 4  # chains per step (4 x 4000 tokens); 240 steps x 2 chains was not enough
     dt_steps: int = 400
     at_trajectories: int = 3  # N whole episodes per training chain (= in-context episodes)
     tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
