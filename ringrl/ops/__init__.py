@@ -4,14 +4,13 @@ from ringrl.ops.api import IMPLS, attention, ring_step_counts
 from ringrl.ops.blockwise import blockwise_attention
 from ringrl.ops.feedforward import blockwise_feedforward
 from ringrl.ops.reference import reference_attention
-from ringrl.ops.ring import layout_permutation, layout_positions, ring_attention
+from ringrl.ops.ring import layout_positions, ring_attention
 
 __all__ = [
     "IMPLS",
     "attention",
     "blockwise_attention",
     "blockwise_feedforward",
-    "layout_permutation",
     "layout_positions",
     "reference_attention",
     "ring_attention",

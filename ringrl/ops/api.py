@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ringrl.ops.blockwise import blockwise_attention
-from ringrl.ops.reference import check_shapes, reference_attention
+from ringrl.ops.reference import check_shapes, reference_attention, segments_or_zeros
 from ringrl.ops.ring import ring_attention, ring_block_counts
 
 IMPLS = ("vanilla", "blockwise", "ring")
@@ -84,8 +84,7 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
             f"ring attention over {R} devices with the {layout} layout needs seq ({L}) to be a "
             f"multiple of {chunks}; pad with negative segment ids"
         )
-    if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    segment_ids = segments_or_zeros(q, segment_ids)
     spec4, spec2 = _specs(mesh, q.shape[0])
     zig = layout == "zigzag"
 
@@ -110,7 +109,7 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
         in_specs=(spec4, spec4, spec4, spec2),
         out_specs=out_specs or spec4,
         check_vma=False,
-    )(q, k, v, segment_ids.astype(jnp.int32))
+    )(q, k, v, segment_ids)
 
 
 def attention(

@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from ringrl.ops.reference import attention_mask, check_shapes, split_heads, stats_dtype
+from ringrl.ops.reference import (
+    attention_mask,
+    check_shapes,
+    segments_or_zeros,
+    split_heads,
+    stats_dtype,
+)
 
 
 class Shard(NamedTuple):
@@ -302,6 +308,4 @@ def blockwise_attention(
     pass recomputes each block's probabilities from the saved log-sum-exp.
     """
     check_shapes(q, k, v, segment_ids)
-    if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
-    return _blockwise(q, k, v, segment_ids.astype(jnp.int32), causal, block_size)
+    return _blockwise(q, k, v, segments_or_zeros(q, segment_ids), causal, block_size)

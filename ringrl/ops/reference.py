@@ -43,6 +43,13 @@ def split_heads(q_BQHD: Array, num_kv_heads: int) -> Array:
     return q_BQHD.reshape(B, Q, num_kv_heads, H // num_kv_heads, D)
 
 
+def segments_or_zeros(q: Array, segment_ids: Array | None) -> Array:
+    """int32 ``[batch, seq]`` segment ids; None means one segment (all zeros)."""
+    if segment_ids is None:
+        return jnp.zeros(q.shape[:2], jnp.int32)
+    return segment_ids.astype(jnp.int32)
+
+
 def check_shapes(q: Array, k: Array, v: Array, segment_ids: Array | None) -> None:
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(
@@ -79,8 +86,7 @@ def reference_attention(
     """
     check_shapes(q, k, v, segment_ids)
     B, L, H, D = q.shape
-    if segment_ids is None:
-        segment_ids = jnp.zeros((B, L), jnp.int32)
+    segment_ids = segments_or_zeros(q, segment_ids)
     f = stats_dtype(q.dtype)
     pos_L = jnp.arange(L)
     mask_BQS = attention_mask(pos_L, pos_L, segment_ids, segment_ids, causal=causal)

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from jax import Array
 
 from ringrl.ops.blockwise import (
-    Carry,
     Shard,
     attend_shard,
     attend_shard_bwd,
@@ -38,7 +37,7 @@ from ringrl.ops.blockwise import (
     finalize,
     init_carry,
 )
-from ringrl.ops.reference import split_heads
+from ringrl.ops.reference import segments_or_zeros, split_heads
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -58,14 +57,6 @@ def layout_positions(layout: str, index: Array | int, num_shards: int, local_len
         ar = ar[:c]
         return jnp.concatenate([i * c + ar, (2 * num_shards - 1 - i) * c + ar])
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-
-
-def layout_permutation(layout: str, num_shards: int, seq: int) -> Array:
-    """``perm[j]`` = natural position stored at slot j of the laid-out global sequence."""
-    local = seq // num_shards
-    return jnp.concatenate(
-        [layout_positions(layout, r, num_shards, local) for r in range(num_shards)]
-    )
 
 
 def _ring_perm(num_shards: int) -> list[tuple[int, int]]:
@@ -179,9 +170,8 @@ def ring_attention(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
-    return _ring(q, k, v, segment_ids.astype(jnp.int32), axis_name, causal, block_size, layout)
+    seg = segments_or_zeros(q, segment_ids)
+    return _ring(q, k, v, seg, axis_name, causal, block_size, layout)
 
 
 def ring_block_counts(
@@ -199,10 +189,5 @@ def ring_block_counts(
 
     Same arguments as :func:`ring_attention`; counts come from the kernel itself.
     """
-    if segment_ids is None:
-        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
-    seg = segment_ids.astype(jnp.int32)
+    seg = segments_or_zeros(q, segment_ids)
     return _ring_forward(q, k, v, seg, axis_name, causal, block_size, layout)[2]
-
-
-__all__ = ["ring_attention", "ring_block_counts", "layout_positions", "layout_permutation", "Carry"]
