@@ -10,7 +10,9 @@ The shard-level functions here (:func:`attend_shard`, :func:`attend_shard_bwd`) 
 attention: a ring step is one call with the key/value shard currently held.
 
 Shape suffixes: B batch, Q/S query/key positions, q/s positions within a block, K kv heads,
-G query heads per kv head, D head dim, N number of blocks.
+G query heads per kv head, D head dim. The kernel works heads-major (``[B, K, G, Q, D]``,
+``[B, K, S, D]``), so every block product is a plain batched matmul, and takes q pre-scaled by
+``head_dim ** -0.5``.
 """
 
 from __future__ import annotations
@@ -39,25 +41,50 @@ class Shard(NamedTuple):
 
 
 class Carry(NamedTuple):
-    """Online-softmax state for all queries of a shard."""
+    """Online-softmax state for all queries of a shard (heads-major, float32)."""
 
-    o_BQKGD: Array  # unnormalised output, float32
+    o_BKGQD: Array  # unnormalised output
     m_BKGQ: Array  # running max of the scores
     l_BKGQ: Array  # running softmax denominator
 
 
-def init_carry(q_BQKGD: Array) -> Carry:
-    B, Q, K, G, D = q_BQKGD.shape
-    f = stats_dtype(q_BQKGD.dtype)
+def heads_major(q_BQHD: Array, num_kv_heads: int) -> Array:
+    """``[B, Q, H, D] -> [B, K, G, Q, D]``: the kernel's layout, one batched matmul per block."""
+    return jnp.moveaxis(split_heads(q_BQHD, num_kv_heads), 1, 3)
+
+
+def kv_heads_major(k_BSKD: Array) -> Array:
+    """``[B, S, K, D] -> [B, K, S, D]``."""
+    return jnp.moveaxis(k_BSKD, 1, 2)
+
+
+def tokens_major(x_BKGQD: Array) -> Array:
+    """``[B, K, G, Q, D] -> [B, Q, H, D]`` (inverse of :func:`heads_major`)."""
+    B, K, G, Q, D = x_BKGQD.shape
+    return jnp.moveaxis(x_BKGQD, 3, 1).reshape(B, Q, K * G, D)
+
+
+def kv_tokens_major(x_BKSD: Array) -> Array:
+    """``[B, K, S, D] -> [B, S, K, D]``."""
+    return jnp.moveaxis(x_BKSD, 2, 1)
+
+
+def softmax_scale(q: Array) -> Array:
+    return jnp.asarray(q.shape[-1] ** -0.5, stats_dtype(q.dtype))
+
+
+def init_carry(q_BKGQD: Array) -> Carry:
+    B, K, G, Q, D = q_BKGQD.shape
+    f = stats_dtype(q_BKGQD.dtype)
     return Carry(
-        jnp.zeros((B, Q, K, G, D), f),
+        jnp.zeros((B, K, G, Q, D), f),
         jnp.full((B, K, G, Q), -jnp.inf, f),
         jnp.zeros((B, K, G, Q), f),
     )
 
 
 def finalize(carry: Carry, dtype: jnp.dtype) -> tuple[Array, Array]:
-    """Normalise: returns (out ``[B, Q, K, G, D]`` in ``dtype``, lse ``[B, K, G, Q]``).
+    """Normalise: returns (out ``[B, K, G, Q, D]`` in ``dtype``, lse ``[B, K, G, Q]``).
 
     Rows that attended nothing get output 0 and lse = +inf (so that ``exp(s - lse) == 0`` in the
     backward pass, never NaN).
@@ -65,54 +92,67 @@ def finalize(carry: Carry, dtype: jnp.dtype) -> tuple[Array, Array]:
     o, m, denom = carry
     nonempty = denom > 0
     lse_BKGQ = jnp.where(nonempty, m + jnp.log(jnp.where(nonempty, denom, 1.0)), jnp.inf)
-    denom_BQKG = jnp.moveaxis(jnp.where(nonempty, denom, 1.0), -1, 1)
-    return (o / denom_BQKG[..., None]).astype(dtype), lse_BKGQ
+    return (o / jnp.where(nonempty, denom, 1.0)[..., None]).astype(dtype), lse_BKGQ
 
 
-def _get(x: Array, i: Array, size: int, axis: int = 1) -> Array:
+def _get(x: Array, i: Array, size: int, axis: int) -> Array:
     """Block ``i`` (of ``size`` positions) along ``axis``, without copying the rest."""
     return jax.lax.dynamic_slice_in_dim(x, i * size, size, axis)
 
 
-def _put(x: Array, block: Array, i: Array, size: int, axis: int = 1) -> Array:
+def _put(x: Array, block: Array, i: Array, size: int, axis: int) -> Array:
     """Write block ``i`` along ``axis`` in place."""
     return jax.lax.dynamic_update_slice_in_dim(x, block, i * size, axis)
 
 
-def _visible(q_pos_q: Array, k_pos_s: Array, causal: bool) -> Array:
-    """Whether any query of the block may see any key of the block under the causal mask."""
-    if not causal:
-        return jnp.bool_(True)
-    return q_pos_q.max() >= k_pos_s.min()
+SKIP, FULL, MASKED = 0, 1, 2  # what a block pair needs: nothing, no mask, the mask
 
 
-def _scores(q_BqKGD: Array, k_BsKD: Array, mask_Bqs: Array) -> Array:
-    f = stats_dtype(q_BqKGD.dtype)
-    scale = jnp.asarray(q_BqKGD.shape[-1] ** -0.5, f)
-    s_BKGqs = jnp.einsum("bqkgd,bskd->bkgqs", q_BqKGD, k_BsKD, preferred_element_type=f) * scale
+def _block_kind(qp_q: Array, kp_s: Array, qs_Bq: Array, ks_Bs: Array, causal: bool) -> Array:
+    """``SKIP`` when the mask hides the whole block pair (causally, or all padding), ``FULL``
+    when it hides nothing (one segment per row on both sides, entirely in the past), else
+    ``MASKED``. Decided from positions and segment ids only (a few reductions per block)."""
+    hidden = jnp.all(qs_Bq < 0) | jnp.all(ks_Bs < 0)
+    if causal:
+        hidden |= qp_q.max() < kp_s.min()
+    one_segment = (
+        (qs_Bq.min(1) == qs_Bq.max(1))
+        & (ks_Bs.min(1) == ks_Bs.max(1))
+        & (qs_Bq[:, 0] == ks_Bs[:, 0])
+        & (qs_Bq[:, 0] >= 0)
+    ).all()
+    seen = (qp_q.min() >= kp_s.max()) if causal else jnp.bool_(True)
+    return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED))
+
+
+def _scores(q_BKGqD: Array, k_BKsD: Array, mask_Bqs: Array | None) -> Array:
+    """Scores of a block pair (q is pre-scaled), float32, masked entries -inf."""
+    f = stats_dtype(q_BKGqD.dtype)
+    s_BKGqs = jnp.einsum("bkgqd,bksd->bkgqs", q_BKGqD, k_BKsD, preferred_element_type=f)
+    if mask_Bqs is None:
+        return s_BKGqs
     return jnp.where(mask_Bqs[:, None, None], s_BKGqs, -jnp.inf)
 
 
-def _online_update(carry: Carry, q_BqKGD, k_BsKD, v_BsKD, mask_Bqs) -> Carry:
+def _online_update(carry: Carry, q_BKGqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
     o, m, denom = carry
-    s_BKGqs = _scores(q_BqKGD, k_BsKD, mask_Bqs)
+    s_BKGqs = _scores(q_BKGqD, k_BKsD, mask_Bqs)
     m_new = jnp.maximum(m, s_BKGqs.max(-1))
     m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
     p_BKGqs = jnp.exp(s_BKGqs - m_safe[..., None])
     correction = jnp.exp(m - m_safe)  # 0 while the row has seen nothing (m = -inf)
     denom = denom * correction + p_BKGqs.sum(-1)
-    pv_BqKGD = jnp.einsum(
-        "bkgqs,bskd->bqkgd", p_BKGqs.astype(v_BsKD.dtype), v_BsKD, preferred_element_type=o.dtype
+    pv_BKGqD = jnp.einsum(
+        "bkgqs,bksd->bkgqd", p_BKGqs.astype(v_BKsD.dtype), v_BKsD, preferred_element_type=o.dtype
     )
-    o = o * jnp.moveaxis(correction, -1, 1)[..., None] + pv_BqKGD
-    return Carry(o, m_new, denom)
+    return Carry(o * correction[..., None] + pv_BKGqD, m_new, denom)
 
 
 def attend_shard(
     carry: Carry,
-    q_BQKGD: Array,
-    k_BSKD: Array,
-    v_BSKD: Array,
+    q_BKGQD: Array,
+    k_BKSD: Array,
+    v_BKSD: Array,
     q_side: Shard,
     k_side: Shard,
     *,
@@ -122,45 +162,71 @@ def attend_shard(
 ) -> tuple[Carry, Array]:
     """Fold the key/value shard into every query's online-softmax state.
 
-    Blocks are read and written in place with dynamic slices (no blocked copies of the
-    shards). Returns the new carry and the number of block pairs actually computed (int32).
+    ``q_BKGQD`` is pre-scaled by ``head_dim ** -0.5``. Blocks are read and written in place with
+    dynamic slices (no blocked copies of the shards); each block pair is skipped, computed
+    without a mask, or computed with the mask (:func:`_block_kind`). Returns the new carry and
+    the number of block pairs actually computed (int32).
     """
-    num_q, num_k = q_BQKGD.shape[1] // block_q, k_BSKD.shape[1] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BKSD.shape[2] // block_k
 
     def per_q_block(i, state):
         carry, count = state
-        q_blk, qp = _get(q_BQKGD, i, block_q), _get(q_side.pos_L, i, block_q, 0)
-        qs = _get(q_side.seg_BL, i, block_q)
-        c = Carry(_get(carry.o_BQKGD, i, block_q), *(_get(x, i, block_q, 3) for x in carry[1:]))
+        q_blk, qp = _get(q_BKGQD, i, block_q, 3), _get(q_side.pos_L, i, block_q, 0)
+        qs = _get(q_side.seg_BL, i, block_q, 1)
+        c = Carry(*(_get(x, i, block_q, 3) for x in carry))
 
         def per_k_block(j, state):
             c, count = state
-            kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k)
-
-            def compute(c):
-                mask = attention_mask(qp, kp, qs, ks, causal=causal)
-                k_blk, v_blk = _get(k_BSKD, j, block_k), _get(v_BSKD, j, block_k)
-                return _online_update(c, q_blk, k_blk, v_blk, mask)
-
-            visible = _visible(qp, kp, causal)
-            c = jax.lax.cond(visible, compute, lambda c: c, c)
-            return c, count + visible.astype(jnp.int32)
+            kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
+            k_blk, v_blk = _get(k_BKSD, j, block_k, 2), _get(v_BKSD, j, block_k, 2)
+            mask = lambda: attention_mask(qp, kp, qs, ks, causal=causal)  # noqa: E731
+            kind = _block_kind(qp, kp, qs, ks, causal)
+            c = jax.lax.switch(
+                kind,
+                [
+                    lambda c: c,
+                    lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
+                    lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
+                ],
+                c,
+            )
+            return c, count + (kind != SKIP).astype(jnp.int32)
 
         c, count = jax.lax.fori_loop(0, num_k, per_k_block, (c, count))
-        carry = Carry(
-            _put(carry.o_BQKGD, c.o_BQKGD, i, block_q),
-            *(_put(x, y, i, block_q, 3) for x, y in zip(carry[1:], c[1:], strict=True)),
-        )
+        carry = Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
         return carry, count
 
     return jax.lax.fori_loop(0, num_q, per_q_block, (carry, jnp.int32(0)))
 
 
+def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
+    """One block pair's contributions to (dq block, dk block, dv block), all float32.
+
+    With q pre-scaled: ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q and
+    dq = ds k (the caller applies the scale to dq once at the end).
+    """
+    dq_blk, dk_blk, dv_blk = state
+    f = dk_blk.dtype
+    p_BKGqs = jnp.exp(_scores(q_blk, k_blk, mask) - lse[..., None])
+    dp_BKGqs = jnp.einsum("bkgqd,bksd->bkgqs", do_blk, v_blk, preferred_element_type=f)
+    ds_BKGqs = p_BKGqs * (dp_BKGqs - delta[..., None])
+    dv_blk += jnp.einsum(
+        "bkgqs,bkgqd->bksd", p_BKGqs.astype(do_blk.dtype), do_blk, preferred_element_type=f
+    )
+    dk_blk += jnp.einsum(
+        "bkgqs,bkgqd->bksd", ds_BKGqs.astype(q_blk.dtype), q_blk, preferred_element_type=f
+    )
+    dq_blk += jnp.einsum(
+        "bkgqs,bksd->bkgqd", ds_BKGqs.astype(k_blk.dtype), k_blk, preferred_element_type=f
+    )
+    return dq_blk, dk_blk, dv_blk
+
+
 def attend_shard_bwd(
-    q_BQKGD: Array,
-    k_BSKD: Array,
-    v_BSKD: Array,
-    do_BQKGD: Array,
+    q_BKGQD: Array,
+    k_BKSD: Array,
+    v_BKSD: Array,
+    do_BKGQD: Array,
     lse_BKGQ: Array,
     delta_BKGQ: Array,
     q_side: Shard,
@@ -173,64 +239,49 @@ def attend_shard_bwd(
 ) -> tuple[Array, Array, Array]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
-    ``grads`` = float32 accumulators (dq ``[B, Q, K, G, D]``, dk, dv with k's shape), updated
-    in place and returned. Recomputes ``p = exp(s - lse)`` block by block;
-    ``delta = rowsum(do * out)``.
+    ``q_BKGQD`` is pre-scaled, as in :func:`attend_shard`. ``grads`` = float32 accumulators
+    (dq of q's shape, *unscaled*; dk, dv of k's shape), updated in place and returned.
+    Recomputes ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
     """
-    f = stats_dtype(q_BQKGD.dtype)
-    scale = jnp.asarray(q_BQKGD.shape[-1] ** -0.5, f)
-    num_q, num_k = q_BQKGD.shape[1] // block_q, k_BSKD.shape[1] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BKSD.shape[2] // block_k
 
     def per_k_block(j, grads):
         dq, dk, dv = grads
-        k_blk, v_blk = _get(k_BSKD, j, block_k), _get(v_BSKD, j, block_k)
-        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k)
+        k_blk, v_blk = _get(k_BKSD, j, block_k, 2), _get(v_BKSD, j, block_k, 2)
+        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
 
         def per_q_block(i, state):
-            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q)
+            dq, dk_blk, dv_blk = state
+            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
+            q_blk, do_blk = _get(q_BKGQD, i, block_q, 3), _get(do_BKGQD, i, block_q, 3)
+            lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
+            grads = lambda mask: lambda s: _block_grads(  # noqa: E731
+                q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
+            )
+            kind = _block_kind(qp, kp, qs, ks, causal)
+            blk = (_get(dq, i, block_q, 3), dk_blk, dv_blk)
+            dq_blk, dk_blk, dv_blk = jax.lax.switch(
+                kind,
+                [
+                    lambda s: s,
+                    grads(None),
+                    lambda s: grads(attention_mask(qp, kp, qs, ks, causal=causal))(s),
+                ],
+                blk,
+            )
+            return _put(dq, dq_blk, i, block_q, 3), dk_blk, dv_blk
 
-            def compute(state):
-                dq, dk_blk, dv_blk = state
-                q_blk, do_blk = _get(q_BQKGD, i, block_q), _get(do_BQKGD, i, block_q)
-                lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
-                mask = attention_mask(qp, kp, qs, ks, causal=causal)
-                p_BKGqs = jnp.exp(_scores(q_blk, k_blk, mask) - lse[..., None])
-                dp = jnp.einsum("bqkgd,bskd->bkgqs", do_blk, v_blk, preferred_element_type=f)
-                ds_BKGqs = p_BKGqs * (dp - delta[..., None]) * scale
-                dv_blk += jnp.einsum(
-                    "bkgqs,bqkgd->bskd",
-                    p_BKGqs.astype(do_blk.dtype),
-                    do_blk,
-                    preferred_element_type=f,
-                )
-                dk_blk += jnp.einsum(
-                    "bkgqs,bqkgd->bskd",
-                    ds_BKGqs.astype(q_blk.dtype),
-                    q_blk,
-                    preferred_element_type=f,
-                )
-                dq_blk = _get(dq, i, block_q) + jnp.einsum(
-                    "bkgqs,bskd->bqkgd",
-                    ds_BKGqs.astype(k_blk.dtype),
-                    k_blk,
-                    preferred_element_type=f,
-                )
-                return _put(dq, dq_blk, i, block_q), dk_blk, dv_blk
-
-            return jax.lax.cond(_visible(qp, kp, causal), compute, lambda s: s, state)
-
-        state = (dq, _get(dk, j, block_k), _get(dv, j, block_k))
+        state = (dq, _get(dk, j, block_k, 2), _get(dv, j, block_k, 2))
         dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
-        return dq, _put(dk, dk_blk, j, block_k), _put(dv, dv_blk, j, block_k)
+        return dq, _put(dk, dk_blk, j, block_k, 2), _put(dv, dv_blk, j, block_k, 2)
 
     return jax.lax.fori_loop(0, num_k, per_k_block, grads)
 
 
-def delta_of(out_BQKGD: Array, do_BQKGD: Array) -> Array:
+def delta_of(out_BKGQD: Array, do_BKGQD: Array) -> Array:
     """``delta_BKGQ = rowsum(do * out)`` in float32."""
-    f = stats_dtype(out_BQKGD.dtype)
-    d = jnp.einsum("bqkgd,bqkgd->bkgq", do_BQKGD.astype(f), out_BQKGD.astype(f))
-    return d
+    f = stats_dtype(out_BKGQD.dtype)
+    return jnp.einsum("bkgqd,bkgqd->bkgq", do_BKGQD.astype(f), out_BKGQD.astype(f))
 
 
 def effective_block(seq: int, block_size: int) -> int:
@@ -255,38 +306,38 @@ def _sides(segment_ids: Array) -> Shard:
 
 def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
     b = effective_block(q.shape[1], block_size)
-    q5 = split_heads(q, k.shape[2])
+    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
+    k_h, v_h = kv_heads_major(k), kv_heads_major(v)
     side = _sides(segment_ids)
     carry, _ = attend_shard(
-        init_carry(q5), q5, k, v, side, side, causal=causal, block_q=b, block_k=b
+        init_carry(q_h), q_h, k_h, v_h, side, side, causal=causal, block_q=b, block_k=b
     )
-    out5, lse = finalize(carry, q.dtype)
-    return out5.reshape(q.shape), (q, k, v, segment_ids, out5, lse)
+    out_h, lse = finalize(carry, q.dtype)
+    return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
 
 
 def _blockwise_bwd(causal, block_size, res, do):
-    q, k, v, segment_ids, out5, lse = res
-    b = effective_block(q.shape[1], block_size)
-    q5 = split_heads(q, k.shape[2])
-    do5 = do.reshape(q5.shape)
+    q_h, k_h, v_h, segment_ids, out_h, lse = res
+    b = effective_block(q_h.shape[3], block_size)
+    do_h = heads_major(do, k_h.shape[1])
     side = _sides(segment_ids)
-    f32 = jnp.promote_types(q.dtype, jnp.float32)
-    zeros = (jnp.zeros(q5.shape, f32), jnp.zeros(k.shape, f32), jnp.zeros(v.shape, f32))
+    f32 = lambda x: jnp.zeros(x.shape, stats_dtype(x.dtype))  # noqa: E731
     dq, dk, dv = attend_shard_bwd(
-        q5,
-        k,
-        v,
-        do5,
+        q_h,
+        k_h,
+        v_h,
+        do_h,
         lse,
-        delta_of(out5, do5),
+        delta_of(out_h, do_h),
         side,
         side,
-        zeros,
+        (f32(q_h), f32(k_h), f32(v_h)),
         causal=causal,
         block_q=b,
         block_k=b,
     )
-    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq = tokens_major(dq * softmax_scale(q_h)).astype(q_h.dtype)
+    return dq, kv_tokens_major(dk).astype(k_h.dtype), kv_tokens_major(dv).astype(v_h.dtype), None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -35,9 +35,14 @@ from ringrl.ops.blockwise import (
     delta_of,
     effective_block,
     finalize,
+    heads_major,
     init_carry,
+    kv_heads_major,
+    kv_tokens_major,
+    softmax_scale,
+    tokens_major,
 )
-from ringrl.ops.reference import segments_or_zeros, split_heads
+from ringrl.ops.reference import segments_or_zeros
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -64,12 +69,14 @@ def _ring_perm(num_shards: int) -> list[tuple[int, int]]:
 
 
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
-    """Runs the R ring steps. Returns (carry, q5, block pairs computed per step ``[R]``)."""
+    """Runs the R ring steps over heads-major shards (q pre-scaled, see :mod:`blockwise`).
+
+    Returns (carry, block pairs computed per step ``[R]``).
+    """
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
-    C = q.shape[1]
+    C = q.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
-    q5 = split_heads(q, k.shape[2])
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
     attend = functools.partial(attend_shard, causal=causal, block_q=b, block_k=b)
@@ -77,7 +84,7 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     def compute(carry, kv, step):
         k_cur, v_cur, seg_cur = kv
         k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
-        return attend(carry, q5, k_cur, v_cur, q_side, k_side)
+        return attend(carry, q, k_cur, v_cur, q_side, k_side)
 
     def step_fn(state, step):
         carry, kv = state
@@ -86,9 +93,14 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
         return (carry, kv_next), count
 
     kv = (k, v, segment_ids)
-    (carry, kv), counts = jax.lax.scan(step_fn, (init_carry(q5), kv), jnp.arange(R - 1))
+    (carry, kv), counts = jax.lax.scan(step_fn, (init_carry(q), kv), jnp.arange(R - 1))
     carry, last = compute(carry, kv, R - 1)
-    return carry, q5, jnp.concatenate([counts, last[None]])
+    return carry, jnp.concatenate([counts, last[None]])
+
+
+def _heads_major(q, k, v):
+    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
+    return q_h, kv_heads_major(k), kv_heads_major(v)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
@@ -97,20 +109,20 @@ def _ring(q, k, v, segment_ids, axis_name, causal, block_size, layout):
 
 
 def _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout):
-    carry, _, _ = _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout)
-    out5, lse = finalize(carry, q.dtype)
-    return out5.reshape(q.shape), (q, k, v, segment_ids, out5, lse)
+    q_h, k_h, v_h = _heads_major(q, k, v)
+    carry, _ = _ring_forward(q_h, k_h, v_h, segment_ids, axis_name, causal, block_size, layout)
+    out_h, lse = finalize(carry, q.dtype)
+    return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
 
 
 def _ring_bwd(axis_name, causal, block_size, layout, res, do):
-    q, k, v, segment_ids, out5, lse = res
+    q_h, k_h, v_h, segment_ids, out_h, lse = res
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
-    C = q.shape[1]
+    C = q_h.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
-    q5 = split_heads(q, k.shape[2])
-    do5 = do.reshape(q5.shape)
-    delta = delta_of(out5, do5)
+    do_h = heads_major(do, k_h.shape[1])
+    delta = delta_of(out_h, do_h)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
 
@@ -118,10 +130,10 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         k_cur, v_cur, seg_cur = kv
         k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
         return attend_shard_bwd(
-            q5,
+            q_h,
             k_cur,
             v_cur,
-            do5,
+            do_h,
             lse,
             delta,
             q_side,
@@ -140,11 +152,12 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         return (dq, kv_next, dkv), None
 
     f32 = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    state = (f32(q5), (k, v, segment_ids), (f32(k), f32(v)))
+    state = (f32(q_h), (k_h, v_h, segment_ids), (f32(k_h), f32(v_h)))
     (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
     dq, dk, dv = accumulate(kv, R - 1, (dq, dk, dv))
     dk, dv = jax.lax.ppermute((dk, dv), axis_name, perm)  # back to the owner
-    return dq.reshape(q.shape).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq = tokens_major(dq * softmax_scale(q_h)).astype(q_h.dtype)
+    return dq, kv_tokens_major(dk).astype(k_h.dtype), kv_tokens_major(dv).astype(v_h.dtype), None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
@@ -190,4 +203,4 @@ def ring_block_counts(
     Same arguments as :func:`ring_attention`; counts come from the kernel itself.
     """
     seg = segments_or_zeros(q, segment_ids)
-    return _ring_forward(q, k, v, seg, axis_name, causal, block_size, layout)[2]
+    return _ring_forward(*_heads_major(q, k, v), seg, axis_name, causal, block_size, layout)[1]
