@@ -255,8 +255,10 @@ def attend_shard_bwd(
             qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
             q_blk, do_blk = _get(q_BKGQD, i, block_q, 3), _get(do_BKGQD, i, block_q, 3)
             lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
-            grads = lambda mask: lambda s: _block_grads(  # noqa: E731
-                q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
+            grads = lambda mask: (
+                lambda s: _block_grads(  # noqa: E731
+                    q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
+                )
             )
             kind = _block_kind(qp, kp, qs, ks, causal)
             blk = (_get(dq, i, block_q, 3), dk_blk, dv_blk)
