@@ -12,7 +12,13 @@ Public API:
   :data:`CUSTOM_TASKS`.
 """
 
-from envs.registry import (
+import warnings
+
+# dm_control imports glfw at import time; on a machine without a display that only means "no
+# on-screen rendering" (we never render on screen), so keep its warning out of users' logs.
+warnings.filterwarnings("ignore", message=".*DISPLAY environment variable is missing")
+
+from envs.registry import (  # noqa: E402
     CUSTOM_TASKS,
     EXORL_TASKS,
     MUJOCO_TASKS,
@@ -25,8 +31,8 @@ from envs.registry import (
     physics_state,
     resolve,
 )
-from envs.relabel import relabel_rewards
-from envs.scores import D4RL_REFERENCE, normalized_score
+from envs.relabel import relabel_rewards  # noqa: E402
+from envs.scores import D4RL_REFERENCE, normalized_score  # noqa: E402
 
 __all__ = [
     "CUSTOM_TASKS",

@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=1)
     p.add_argument("--seq-shards", type=int, default=1)
+    p.add_argument(
+        "--cache-dtype", default="float32", choices=["float32", "bfloat16"], help="KV cache dtype"
+    )
     p.add_argument("--out", default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
 
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     vec = gym.vector.SyncVectorEnv([lambda: envs.make(task) for _ in range(E)])
     mesh = make_mesh(1, args.seq_shards) if args.seq_shards > 1 else None
 
-    cached = IncrementalPolicy(agent, E, 500.0, args.episode, mesh=mesh)
+    cached = IncrementalPolicy(
+        agent, E, 500.0, args.episode, mesh=mesh, cache_dtype=args.cache_dtype
+    )
     filled = H * args.episode * agent.cfg.step_tokens
     c = cached.cache
     key = jax.random.key(0)
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": {k: getattr(args, k) for k in ("layers", "d_model", "heads", "kv_heads")},
         "tokens_per_step": args.tokens_per_step,
         "seq_shards": args.seq_shards,
+        "cache_dtype": args.cache_dtype,
         "kv_cache_env_steps_per_s": round(kv_sps, 1),
         "recompute_env_steps_per_s": full_sps and round(full_sps, 3),
         "speedup": full_sps and round(kv_sps / full_sps, 1),
