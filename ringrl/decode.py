@@ -44,8 +44,11 @@ SEQ_AXIS = "seq"
 class KVCache(NamedTuple):
     """Keys/values of every layer for ``B`` rows of ``C`` token slots.
 
-    ``k``/``v``: one ``[B, C, K, E]`` array per layer (separate arrays, so that a jitted step
-    with the cache donated updates them in place); ``seg``: int32 ``[B, C]`` segment id of each
+    ``k``: one ``[B, K, C, E]`` array per layer, ``v``: one ``[B, K, E, C]`` array per layer
+    (separate arrays, so that a jitted step with the cache donated updates them in place). Each
+    layout keeps the contracted axis contiguous: head dim for the scores ``q . k``, slots for
+    ``p . v`` (on CPU slot-major ``[B, C, K, E]`` values made ``p . v`` 5x slower than
+    ``q . k``). ``seg``: int32 ``[B, C]`` segment id of each
     slot (negative: empty or padding, never attended); ``pos``: int32 ``[B]`` the next free slot
     of each row.
     """
@@ -63,10 +66,11 @@ def seq_shards(mesh: Mesh | None) -> int:
 
 def cache_shardings(mesh: Mesh):
     """``cache -> NamedShardings`` of a cache whose slot axis is split over ``"seq"``."""
-    kv = NamedSharding(mesh, P(None, SEQ_AXIS, None, None))
+    k = NamedSharding(mesh, P(None, None, SEQ_AXIS, None))
+    v = NamedSharding(mesh, P(None, None, None, SEQ_AXIS))
     seg = NamedSharding(mesh, P(None, SEQ_AXIS))
     return lambda cache: KVCache(
-        tuple(kv for _ in cache.k), tuple(kv for _ in cache.v), seg, NamedSharding(mesh, P())
+        tuple(k for _ in cache.k), tuple(v for _ in cache.v), seg, NamedSharding(mesh, P())
     )
 
 
@@ -82,10 +86,9 @@ def init_cache(
     R = seq_shards(mesh)
     C = -(-capacity // R) * R
     E = cfg.d_model // cfg.num_heads
-    shape = (batch, C, cfg.num_kv_heads, E)
     cache = KVCache(
-        tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
-        tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        tuple(jnp.zeros((batch, cfg.num_kv_heads, C, E), dtype) for _ in range(cfg.num_layers)),
+        tuple(jnp.zeros((batch, cfg.num_kv_heads, E, C), dtype) for _ in range(cfg.num_layers)),
         jnp.full((batch, C), -1, jnp.int32),
         jnp.zeros((batch,), jnp.int32),
     )
@@ -103,13 +106,19 @@ def reset_rows(cache: KVCache, rows_B: Array) -> KVCache:
 # ---- attention of new tokens against the cache ------------------------------------------------
 
 
-def _write(cache_BC: Array, new_BN: Array, slots_BN: Array, offset: Array | int) -> Array:
-    """Write ``new`` at global slots ``slots`` of a (local part of a) cache; others dropped."""
-    C = cache_BC.shape[1]
+def _write(
+    cache: Array, new_BN: Array, slots_BN: Array, offset: Array | int, axis: int = 1
+) -> Array:
+    """Write ``new`` at global slots ``slots`` (slot ``axis``) of a (local part of a) cache.
+
+    Slots outside this part are dropped. ``new_BN`` is ``[B, N, ...]`` whatever ``axis`` is.
+    """
+    C = cache.shape[axis]
     local_BN = slots_BN - offset
     local_BN = jnp.where((local_BN >= 0) & (local_BN < C), local_BN, C)  # C: out of bounds
-    rows_B1 = jnp.arange(cache_BC.shape[0])[:, None]
-    return cache_BC.at[rows_B1, local_BN].set(new_BN.astype(cache_BC.dtype), mode="drop")
+    rows_B1 = jnp.arange(cache.shape[0])[:, None]
+    index = (rows_B1, *([slice(None)] * (axis - 1)), local_BN)
+    return cache.at[index].set(new_BN.astype(cache.dtype), mode="drop")
 
 
 def _attend_local(
@@ -117,22 +126,22 @@ def _attend_local(
     k_new_BNKE: Array,
     v_new_BNKE: Array,
     seg_new_BN: Array,
-    k_BCKE: Array,
-    v_BCKE: Array,
+    k_BKCE: Array,
+    v_BKEC: Array,
     seg_BC: Array,
     pos_B: Array,
     axis_name: str | None,
 ) -> tuple[Array, Array, Array, Array]:
     """Write the new keys/values and attend; combine across ``axis_name`` if given.
 
-    Returns ``(out_BNHE, k_BCKE, v_BCKE, seg_BC)`` with the (local part of the) updated cache.
+    Returns ``(out_BNHE, k_BKCE, v_BKEC, seg_BC)`` with the (local part of the) updated cache.
     """
     B, N, H, E = q_BNHE.shape
-    C, K = k_BCKE.shape[1], k_BCKE.shape[2]
+    K, C = k_BKCE.shape[1], k_BKCE.shape[2]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * C
     slots_BN = pos_B[:, None] + jnp.arange(N)[None]
-    k_BCKE = _write(k_BCKE, k_new_BNKE, slots_BN, offset)
-    v_BCKE = _write(v_BCKE, v_new_BNKE, slots_BN, offset)
+    k_BKCE = _write(k_BKCE, k_new_BNKE, slots_BN, offset, axis=2)
+    v_BKEC = _write(v_BKEC, v_new_BNKE, slots_BN, offset, axis=3)
     seg_BC = _write(seg_BC, seg_new_BN, slots_BN, offset)
 
     slot_C = offset + jnp.arange(C)
@@ -142,7 +151,7 @@ def _attend_local(
         & (seg_new_BN[:, :, None] >= 0)
     )
     q_BNKGE = q_BNHE.astype(jnp.float32).reshape(B, N, K, H // K, E) * (E**-0.5)
-    s_BKGNC = jnp.einsum("bnkge,bcke->bkgnc", q_BNKGE, k_BCKE.astype(jnp.float32))
+    s_BKGNC = jnp.einsum("bnkge,bkce->bkgnc", q_BNKGE, k_BKCE.astype(jnp.float32))
     s_BKGNC = jnp.where(mask_BNC[:, None, None], s_BKGNC, -jnp.inf)
     m_BKGN = s_BKGNC.max(-1)
     if axis_name is not None:
@@ -150,7 +159,7 @@ def _attend_local(
     m_BKGN = jnp.where(jnp.isfinite(m_BKGN), m_BKGN, 0.0)  # a row with nothing to attend
     p_BKGNC = jnp.exp(s_BKGNC - m_BKGN[..., None])  # exp(-inf) = 0 on masked slots
     l_BKGN = p_BKGNC.sum(-1)
-    o_BNKGE = jnp.einsum("bkgnc,bcke->bnkge", p_BKGNC, v_BCKE.astype(jnp.float32))
+    o_BNKGE = jnp.einsum("bkgnc,bkec->bnkge", p_BKGNC, v_BKEC.astype(jnp.float32))
     if axis_name is not None:
         l_BKGN = jax.lax.psum(l_BKGN, axis_name)
         o_BNKGE = jax.lax.psum(o_BNKGE, axis_name)
@@ -158,7 +167,7 @@ def _attend_local(
     out_BNKGE = jnp.where(
         l_BNKG[..., None] > 0, o_BNKGE / jnp.where(l_BNKG > 0, l_BNKG, 1.0)[..., None], 0.0
     )
-    return out_BNKGE.reshape(B, N, H, E).astype(q_BNHE.dtype), k_BCKE, v_BCKE, seg_BC
+    return out_BNKGE.reshape(B, N, H, E).astype(q_BNHE.dtype), k_BKCE, v_BKEC, seg_BC
 
 
 def cached_attention(
@@ -166,8 +175,8 @@ def cached_attention(
     k_new_BNKE: Array,
     v_new_BNKE: Array,
     seg_new_BN: Array,
-    k_BCKE: Array,
-    v_BCKE: Array,
+    k_BKCE: Array,
+    v_BKEC: Array,
     seg_BC: Array,
     pos_B: Array,
     mesh: Mesh | None = None,
@@ -178,15 +187,16 @@ def cached_attention(
     after it and both segment ids are equal and non-negative. With ``mesh`` (``"seq"`` > 1) the
     cache arrays are sharded over their slot axis and combined exactly (pmax / psum).
     """
-    args = (q_BNHE, k_new_BNKE, v_new_BNKE, seg_new_BN, k_BCKE, v_BCKE, seg_BC, pos_B)
+    args = (q_BNHE, k_new_BNKE, v_new_BNKE, seg_new_BN, k_BKCE, v_BKEC, seg_BC, pos_B)
     if seq_shards(mesh) == 1:
         return _attend_local(*args, axis_name=None)
-    kv, seg, rep = P(None, SEQ_AXIS, None, None), P(None, SEQ_AXIS), P()
+    k, v = P(None, None, SEQ_AXIS, None), P(None, None, None, SEQ_AXIS)
+    seg, rep = P(None, SEQ_AXIS), P()
     return jax.shard_map(
         functools.partial(_attend_local, axis_name=SEQ_AXIS),
         mesh=mesh,
-        in_specs=(rep, rep, rep, rep, kv, kv, seg, rep),
-        out_specs=(rep, kv, kv, seg),
+        in_specs=(rep, rep, rep, rep, k, v, seg, rep),
+        out_specs=(rep, k, v, seg),
         check_vma=False,
     )(*args)
 

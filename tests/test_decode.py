@@ -104,4 +104,5 @@ def test_incremental_policy_sharded_cache_equals_full_recompute():
     assert evictions > 0
     assert worst < TOL
     policy = IncrementalPolicy(agent, 2, 3.0, 7, mesh=mesh)
-    assert policy.cache.k[0].sharding.spec[1] == "seq"
+    assert policy.cache.k[0].sharding.spec[2] == "seq"  # k: [B, K, C, E]
+    assert policy.cache.v[0].sharding.spec[3] == "seq"  # v: [B, K, E, C]
