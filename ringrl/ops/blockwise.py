@@ -199,9 +199,26 @@ def attend_shard(
     return jax.lax.fori_loop(0, num_q, per_q_block, (carry, jnp.int32(0)))
 
 
+def _add_dot(acc: Array, spec: str, out: str, a: Array, b: Array) -> Array:
+    """``acc + einsum(spec, a, b)`` with the result transposed to ``out`` (token-major).
+
+    float32 operands: one dot that writes ``out`` directly (fewest live score-sized buffers).
+    Lower precision: the dot in its natural order, then the small transpose (XLA's CPU runtime
+    has no bf16 x bf16 -> f32 dot with a transposed output).
+    """
+    f = acc.dtype
+    if a.dtype == jnp.float32:
+        return acc + jnp.einsum(f"{spec.split('->')[0]}->{out}", a, b, preferred_element_type=f)
+    natural = spec.split("->")[1]
+    block = jnp.einsum(spec, a, b, preferred_element_type=f)
+    return acc + jnp.transpose(block, [natural.index(c) for c in out])
+
+
 def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     """One block pair's contributions to (dq block, dk block, dv block), all float32.
 
+    Inputs heads-major; the gradient blocks are token-major (``[B, q, K, G, D]``,
+    ``[B, s, K, D]``) so that the shard-sized accumulators need no transposed copy.
     With q pre-scaled: ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q and
     dq = ds k (the caller applies the scale to dq once at the end).
     """
@@ -210,15 +227,10 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     p_BKGqs = jnp.exp(_scores(q_blk, k_blk, mask) - lse[..., None])
     dp_BKGqs = jnp.einsum("bkgqd,bksd->bkgqs", do_blk, v_blk, preferred_element_type=f)
     ds_BKGqs = p_BKGqs * (dp_BKGqs - delta[..., None])
-    dv_blk += jnp.einsum(
-        "bkgqs,bkgqd->bksd", p_BKGqs.astype(do_blk.dtype), do_blk, preferred_element_type=f
-    )
-    dk_blk += jnp.einsum(
-        "bkgqs,bkgqd->bksd", ds_BKGqs.astype(q_blk.dtype), q_blk, preferred_element_type=f
-    )
-    dq_blk += jnp.einsum(
-        "bkgqs,bksd->bkgqd", ds_BKGqs.astype(k_blk.dtype), k_blk, preferred_element_type=f
-    )
+    p_lo, ds_lo = p_BKGqs.astype(do_blk.dtype), ds_BKGqs.astype(q_blk.dtype)
+    dv_blk = _add_dot(dv_blk, "bkgqs,bkgqd->bksd", "bskd", p_lo, do_blk)
+    dk_blk = _add_dot(dk_blk, "bkgqs,bkgqd->bksd", "bskd", ds_lo, q_blk)
+    dq_blk = _add_dot(dq_blk, "bkgqs,bksd->bkgqd", "bqkgd", ds_lo, k_blk)
     return dq_blk, dk_blk, dv_blk
 
 
@@ -226,7 +238,7 @@ def attend_shard_bwd(
     q_BKGQD: Array,
     k_BKSD: Array,
     v_BKSD: Array,
-    do_BKGQD: Array,
+    do_BQKGD: Array,
     lse_BKGQ: Array,
     delta_BKGQ: Array,
     q_side: Shard,
@@ -239,8 +251,10 @@ def attend_shard_bwd(
 ) -> tuple[Array, Array, Array]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
-    ``q_BKGQD`` is pre-scaled, as in :func:`attend_shard`. ``grads`` = float32 accumulators
-    (dq of q's shape, *unscaled*; dk, dv of k's shape), updated in place and returned.
+    ``q_BKGQD`` is pre-scaled, as in :func:`attend_shard`; ``do_BQKGD`` is token-major. ``grads``
+    = token-major float32 accumulators (dq ``[B, Q, K, G, D]``, *unscaled*; dk, dv
+    ``[B, S, K, D]``), updated in place and returned. Blocks of ``do`` and of the gradients are
+    transposed one block at a time, never a whole shard (that would cost a shard-sized copy).
     Recomputes ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BKSD.shape[2] // block_k
@@ -253,7 +267,8 @@ def attend_shard_bwd(
         def per_q_block(i, state):
             dq, dk_blk, dv_blk = state
             qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
-            q_blk, do_blk = _get(q_BKGQD, i, block_q, 3), _get(do_BKGQD, i, block_q, 3)
+            q_blk = _get(q_BKGQD, i, block_q, 3)
+            do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
             lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
             grads = lambda mask: (
                 lambda s: _block_grads(  # noqa: E731
@@ -261,7 +276,7 @@ def attend_shard_bwd(
                 )
             )
             kind = _block_kind(qp, kp, qs, ks, causal)
-            blk = (_get(dq, i, block_q, 3), dk_blk, dv_blk)
+            blk = (_get(dq, i, block_q, 1), dk_blk, dv_blk)
             dq_blk, dk_blk, dv_blk = jax.lax.switch(
                 kind,
                 [
@@ -271,19 +286,19 @@ def attend_shard_bwd(
                 ],
                 blk,
             )
-            return _put(dq, dq_blk, i, block_q, 3), dk_blk, dv_blk
+            return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
 
-        state = (dq, _get(dk, j, block_k, 2), _get(dv, j, block_k, 2))
+        state = (dq, _get(dk, j, block_k, 1), _get(dv, j, block_k, 1))
         dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
-        return dq, _put(dk, dk_blk, j, block_k, 2), _put(dv, dv_blk, j, block_k, 2)
+        return dq, _put(dk, dk_blk, j, block_k, 1), _put(dv, dv_blk, j, block_k, 1)
 
     return jax.lax.fori_loop(0, num_k, per_k_block, grads)
 
 
-def delta_of(out_BKGQD: Array, do_BKGQD: Array) -> Array:
-    """``delta_BKGQ = rowsum(do * out)`` in float32."""
+def delta_of(out_BKGQD: Array, do_BQKGD: Array) -> Array:
+    """``delta_BKGQ = rowsum(do * out)`` in float32 (out heads-major, do token-major)."""
     f = stats_dtype(out_BKGQD.dtype)
-    return jnp.einsum("bkgqd,bkgqd->bkgq", do_BKGQD.astype(f), out_BKGQD.astype(f))
+    return jnp.einsum("bkgqd,bqkgd->bkgq", out_BKGQD.astype(f), do_BQKGD.astype(f))
 
 
 def effective_block(seq: int, block_size: int) -> int:
@@ -321,25 +336,25 @@ def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
 def _blockwise_bwd(causal, block_size, res, do):
     q_h, k_h, v_h, segment_ids, out_h, lse = res
     b = effective_block(q_h.shape[3], block_size)
-    do_h = heads_major(do, k_h.shape[1])
+    do_t = split_heads(do, k_h.shape[1])
     side = _sides(segment_ids)
     f32 = lambda x: jnp.zeros(x.shape, stats_dtype(x.dtype))  # noqa: E731
     dq, dk, dv = attend_shard_bwd(
         q_h,
         k_h,
         v_h,
-        do_h,
+        do_t,
         lse,
-        delta_of(out_h, do_h),
+        delta_of(out_h, do_t),
         side,
         side,
-        (f32(q_h), f32(k_h), f32(v_h)),
+        (f32(do_t), f32(kv_tokens_major(k_h)), f32(kv_tokens_major(v_h))),
         causal=causal,
         block_q=b,
         block_k=b,
     )
-    dq = tokens_major(dq * softmax_scale(q_h)).astype(q_h.dtype)
-    return dq, kv_tokens_major(dk).astype(k_h.dtype), kv_tokens_major(dv).astype(v_h.dtype), None
+    dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
+    return dq, dk.astype(k_h.dtype), dv.astype(v_h.dtype), None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

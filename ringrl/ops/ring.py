@@ -42,7 +42,7 @@ from ringrl.ops.blockwise import (
     softmax_scale,
     tokens_major,
 )
-from ringrl.ops.reference import segments_or_zeros
+from ringrl.ops.reference import segments_or_zeros, split_heads
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -121,8 +121,8 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     r = jax.lax.axis_index(axis_name)
     C = q_h.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
-    do_h = heads_major(do, k_h.shape[1])
-    delta = delta_of(out_h, do_h)
+    do_t = split_heads(do, k_h.shape[1])  # token-major: blocks are transposed one at a time
+    delta = delta_of(out_h, do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
 
@@ -133,7 +133,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             q_h,
             k_cur,
             v_cur,
-            do_h,
+            do_t,
             lse,
             delta,
             q_side,
@@ -152,12 +152,13 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         return (dq, kv_next, dkv), None
 
     f32 = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    state = (f32(q_h), (k_h, v_h, segment_ids), (f32(k_h), f32(v_h)))
+    kv_t = jax.ShapeDtypeStruct(kv_tokens_major(k_h).shape, k_h.dtype)
+    state = (f32(do_t), (k_h, v_h, segment_ids), (f32(kv_t), f32(kv_t)))
     (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
     dq, dk, dv = accumulate(kv, R - 1, (dq, dk, dv))
     dk, dv = jax.lax.ppermute((dk, dv), axis_name, perm)  # back to the owner
-    dq = tokens_major(dq * softmax_scale(q_h)).astype(q_h.dtype)
-    return dq, kv_tokens_major(dk).astype(k_h.dtype), kv_tokens_major(dv).astype(v_h.dtype), None
+    dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
+    return dq, dk.astype(k_h.dtype), dv.astype(v_h.dtype), None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
