@@ -38,7 +38,9 @@ class Plan:
     tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
     d_model: int = 64
     num_layers: int = 2
-    block_size: int = 125  # 3000 = 8 zigzag chunks of 3 blocks: no padding; small blocks stay in cache
+    block_size: int = (
+        125  # 3000 = 8 zigzag chunks of 3 blocks: no padding; small blocks stay in cache
+    )
     remat: bool = False  # activations of 4 x 3000 tokens x width 64 fit easily: no recompute
     seq_devices: int = 4
     trials: int = 4

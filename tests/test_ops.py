@@ -264,3 +264,18 @@ def test_zigzag_round_trip_restores_natural_order():
     np.testing.assert_array_equal(laid_out[0, chunk : 2 * chunk], x[0, 7 * chunk : 8 * chunk])
     back = jax.shard_map(lambda x: from_zigzag(x, "seq"), mesh=mesh, in_specs=spec, out_specs=spec)
     np.testing.assert_array_equal(back(laid_out), x)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "ring"])
+def test_query_tiles_smaller_than_the_block_match_float64_reference(impl, monkeypatch):
+    from ringrl.ops import blockwise
+
+    monkeypatch.setattr(blockwise, "QUERY_TILE", 2)  # block 4 walked as 2 query tiles of 2 rows
+    assert blockwise.query_tile(BLOCK) == 2
+    q, k, v, ct = random_inputs()
+    seg = packed_segments()
+    mesh = make_mesh(1, 4) if impl == "ring" else None
+    fn = lambda q, k, v: attention(  # noqa: E731
+        q, k, v, impl=impl, mesh=mesh, block_size=BLOCK, segment_ids=seg
+    )
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)

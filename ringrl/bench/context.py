@@ -36,7 +36,9 @@ from ringrl.parallel import make_mesh
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-gib", type=float, default=2.0, help="per-device memory budget")
-    p.add_argument("--devices", default="1,2,4,8")
+    p.add_argument(
+        "--devices", default="1,2,4,8", help="ring device counts; 'none': only the real run"
+    )
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--block", type=int, default=512)
@@ -142,9 +144,8 @@ def real_ring_run(seq: int, args) -> dict:
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"machine: {machine()}  date: {stamp}\n")
+def context_table(args: argparse.Namespace) -> list[dict]:
+    """Longest context within the budget for each impl and device count; prints the table."""
     devices = [int(d) for d in args.devices.split(",")]
     configs = [("vanilla", 1), ("blockwise", 1)] + [("ring", d) for d in devices]
     rows = []
@@ -169,7 +170,15 @@ def run(args: argparse.Namespace) -> int:
         ["impl", "devices", "context", "memory/device", "vs vanilla", "vs blockwise x1"],
         table,
     )
-    result = {"machine": machine(), "date": stamp, "budget_gib": args.budget_gib, "rows": rows}
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    stamp = datetime.datetime.now().isoformat(timespec="seconds")
+    print(f"machine: {machine()}  date: {stamp}\n")
+    result = {"machine": machine(), "date": stamp, "budget_gib": args.budget_gib}
+    if args.devices != "none":
+        result["rows"] = context_table(args)
     if args.real_seq:
         real = real_ring_run(args.real_seq, args)
         result["real_run"] = real

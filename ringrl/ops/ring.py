@@ -39,6 +39,7 @@ from ringrl.ops.blockwise import (
     init_carry,
     kv_heads_major,
     kv_tokens_major,
+    query_tile,
     softmax_scale,
     tokens_major,
 )
@@ -79,7 +80,7 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
-    attend = functools.partial(attend_shard, causal=causal, block_q=b, block_k=b)
+    attend = functools.partial(attend_shard, causal=causal, block_q=query_tile(b), block_k=b)
 
     def compute(carry, kv, step):
         k_cur, v_cur, seg_cur = kv
@@ -140,7 +141,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             k_side,
             acc,
             causal=causal,
-            block_q=b,
+            block_q=query_tile(b),
             block_k=b,
         )
 
