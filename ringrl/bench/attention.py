@@ -167,7 +167,8 @@ def balance_tables(args) -> dict:
         out[layout] = counts.tolist()
         rows = [[f"device {i}", *c, c.sum()] for i, c in enumerate(counts)]
         print_table(
-            f"Block pairs computed per device at each ring step ({layout}, seq {seq:,}, "
+            f"Block pairs (query tile x key block) computed per device at each ring step "
+            f"({layout}, seq {seq:,}, "
             f"{d} devices, block {args.block})",
             ["", *[f"step {s}" for s in range(counts.shape[1])], "total"],
             rows,

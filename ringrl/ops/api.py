@@ -163,6 +163,8 @@ def ring_step_counts(
 ) -> Array:
     """Block pairs computed by each device at each ring step, ``[devices, steps]``.
 
+    A block pair is (query tile, key/value block): see :func:`ringrl.ops.blockwise.query_tile`.
+
     Runs the forward kernel of ``attention(impl="ring")`` with the same layout choice (or
     ``layout``) and returns its counters: a balanced layout shows equal numbers down every
     column.

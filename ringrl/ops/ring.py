@@ -200,7 +200,8 @@ def ring_block_counts(
     block_size: int = 512,
     layout: str = "contiguous",
 ) -> Array:
-    """Block pairs this device computed at each ring step, ``[R]`` int32 (forward pass).
+    """Block pairs (query tile, key block) this device computed at each ring step, ``[R]``
+    int32 (forward pass).
 
     Same arguments as :func:`ring_attention`; counts come from the kernel itself.
     """
