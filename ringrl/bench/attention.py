@@ -224,7 +224,7 @@ PEER_TILED = "ringattention 0.1.2, query chunk = our tile"
 def peer_comparison(args, rate: float) -> dict:
     """Ours against the paper's package at the same block size, interleaved.
 
-    Our kernel walks each block pair's queries in tiles of ``query_tile(block)`` rows (see
+    Our kernel walks each block pair's queries in tiles of ``query_tile(block, heads)`` rows (see
     :func:`ringrl.ops.blockwise.query_tile`); the package has the same knob
     (``query_chunk_size``), so a third contender runs it with that chunk too, to show how much
     of the difference is the tiling.
@@ -258,7 +258,7 @@ def peer_comparison(args, rate: float) -> dict:
         )
 
     contenders = {"ringrl": _ours("ring", mesh, args), PEER: peer_attention(args.block)}
-    tile = query_tile(args.block)
+    tile = query_tile(args.block, args.heads)
     if tile != args.block:
         contenders[PEER_TILED] = peer_attention(tile)
     xs = _inputs(args, seq, NamedSharding(mesh, spec))

@@ -301,19 +301,22 @@ def delta_of(out_BKGQD: Array, do_BQKGD: Array) -> Array:
     return jnp.einsum("bkgqd,bqkgd->bkgq", out_BKGQD.astype(f), do_BQKGD.astype(f))
 
 
-QUERY_TILE = 128  # most query rows per tile: a [tile x block] score tile stays in L2 cache
+QUERY_TILE = 128  # most query rows per tile
+TILE_SCORES = 1 << 18  # float32 scores per [heads x tile x block] tile: 1 MiB, stays in L2
 
 
-def query_tile(block: int) -> int:
-    """Query rows computed together against a key block: the largest divisor of ``block`` that
-    is at most :data:`QUERY_TILE`.
+def query_tile(block: int, heads: int = 1) -> int:
+    """Query rows computed together against a key block of ``block`` positions.
 
+    The largest divisor of ``block`` that is at most :data:`QUERY_TILE` and keeps the
+    ``[heads, rows, block]`` float32 score tile within :data:`TILE_SCORES` (at least 8 rows).
     ``block_size`` is the key/value block (what is held, skipped and passed around); the query
-    side of a block pair is walked in tiles of this many rows. Same result, same skipping, a
-    score tile a quarter of the size at block 512: on CPU the element-wise passes over the tile
-    (max, exp, sums) then run from cache instead of memory.
+    side of a block pair is walked in tiles of this many rows. Same result, same skipping; on CPU
+    the element-wise passes over the tile (max, exp, sums) then run from cache instead of memory
+    (at 4 heads x block 512: 128 rows, a quarter of the 4 MiB full tile).
     """
-    return max(t for t in range(1, min(block, QUERY_TILE) + 1) if block % t == 0)
+    cap = min(block, QUERY_TILE, max(8, TILE_SCORES // (heads * block)))
+    return max(t for t in range(1, cap + 1) if block % t == 0)
 
 
 def effective_block(seq: int, block_size: int) -> int:
@@ -342,7 +345,15 @@ def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
     k_h, v_h = kv_heads_major(k), kv_heads_major(v)
     side = _sides(segment_ids)
     carry, _ = attend_shard(
-        init_carry(q_h), q_h, k_h, v_h, side, side, causal=causal, block_q=query_tile(b), block_k=b
+        init_carry(q_h),
+        q_h,
+        k_h,
+        v_h,
+        side,
+        side,
+        causal=causal,
+        block_q=query_tile(b, q.shape[2]),
+        block_k=b,
     )
     out_h, lse = finalize(carry, q.dtype)
     return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
@@ -365,7 +376,7 @@ def _blockwise_bwd(causal, block_size, res, do):
         side,
         (f32(do_t), f32(kv_tokens_major(k_h)), f32(kv_tokens_major(v_h))),
         causal=causal,
-        block_q=query_tile(b),
+        block_q=query_tile(b, do.shape[2]),
         block_k=b,
     )
     dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)

@@ -80,7 +80,8 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
-    attend = functools.partial(attend_shard, causal=causal, block_q=query_tile(b), block_k=b)
+    tile = query_tile(b, q.shape[1] * q.shape[2])  # q is [B, K, G, Q, D]: heads = K * G
+    attend = functools.partial(attend_shard, causal=causal, block_q=tile, block_k=b)
 
     def compute(carry, kv, step):
         k_cur, v_cur, seg_cur = kv
@@ -141,7 +142,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             k_side,
             acc,
             causal=causal,
-            block_q=query_tile(b),
+            block_q=query_tile(b, do.shape[2]),
             block_k=b,
         )
 
