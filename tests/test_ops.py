@@ -279,3 +279,13 @@ def test_query_tiles_smaller_than_the_block_match_float64_reference(impl, monkey
         q, k, v, impl=impl, mesh=mesh, block_size=BLOCK, segment_ids=seg
     )
     assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
+
+
+def test_query_tile_divides_the_block_and_bounds_the_score_tile():
+    from ringrl.ops.blockwise import query_tile
+
+    assert query_tile(512, heads=4) == 128  # [4 x 128 x 512] float32 = 1 MiB
+    assert query_tile(1024, heads=8) == 32  # bounded by the tile's size
+    assert query_tile(125, heads=4) == 125  # a block smaller than the cap is one tile
+    assert query_tile(375, heads=4) == 125  # largest divisor under the cap
+    assert query_tile(4) == 4
