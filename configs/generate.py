@@ -78,8 +78,17 @@ SCALES = {
     },
 }  # fmt: skip
 
-# local: fewer trajectories (same 1:4 ratio), ring over 4 emulated CPU devices
-LOCAL_TRAJECTORIES = {32: 4, 128: 16}
+# local: the quickstart's recipe (`ringrl quickstart`, which learns on cartpole swingup in ~6 min
+# of training): chains of whole episodes, one fused token per step, so that `ringrl eval` runs
+# the in-context protocol with the KV cache. Fewer episodes per chain (ring still holds the
+# most), ring over 4 emulated CPU devices.
+LOCAL_TRAJECTORIES = {32: 2, 128: 4}
+LOCAL_AT = {
+    "agent": {"tokens_per_step": 1},
+    "model": {"block_size": 125},  # 1000- and 250-step episodes split into 8 zigzag chunks
+    "optim": {"warmup_steps": 40, "end_lr_ratio": 0.1},
+    "train": {"steps": 400},
+}
 
 
 def dataset_path(task: str) -> str:
@@ -101,10 +110,12 @@ def preset(scale: str, task: str, method: str) -> dict:
     agent["max_timestep"] = episode
     if agent["kind"] in ("dt", "bc"):
         agent["steps_per_trajectory"] = DT_CONTEXT
-    elif scale == "paper":
+    else:  # Agentic Transformer: chains of whole episodes
         agent["steps_per_trajectory"] = episode
-    if scale == "local" and agent["num_trajectories"] in LOCAL_TRAJECTORIES:
-        agent["num_trajectories"] = LOCAL_TRAJECTORIES[agent["num_trajectories"]]
+        if scale == "local":
+            cfg = merge(cfg, LOCAL_AT)
+            agent = cfg["agent"]
+            agent["num_trajectories"] = LOCAL_TRAJECTORIES[agent["num_trajectories"]]
     ring = cfg["model"]["attention"] == "ring"
     if scale == "local" and ring:
         cfg["train"] = {**cfg["train"], "mesh_seq": 4, "host_devices": 4}

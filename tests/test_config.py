@@ -73,3 +73,15 @@ def test_presets_are_generated_up_to_date_and_all_load():
     paper = load_config(ROOT / "configs/paper/walker_run/at_ra_n128.yaml")
     assert paper.agent.num_trajectories * paper.agent.steps_per_trajectory == 128_000
     assert paper.agent.tokens_per_step == 4
+
+
+def test_local_at_presets_chain_whole_episodes_that_tile_the_ring_without_padding():
+    from ringrl.sampler import padded_steps
+
+    for path in sorted((ROOT / "configs/local").glob("*/at_*.yaml")):
+        cfg = load_config(path)
+        a, m, t = cfg.agent, cfg.model, cfg.train
+        assert a.steps_per_trajectory == a.max_timestep, path  # whole episodes
+        steps = a.num_trajectories * a.steps_per_trajectory
+        ring = m.attention == "ring"
+        assert padded_steps(steps, a.tokens_per_step, m.block_size, t.mesh_seq, ring) == steps
