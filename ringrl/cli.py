@@ -15,14 +15,33 @@ import sys
 HOST_DEVICES = os.environ.get("RINGRL_HOST_DEVICES", "8")
 
 
-def _emulate_host_devices() -> None:
-    """Give the CPU backend several devices (for ring attention on one host) before jax loads.
+# Emulated host devices share a few cores, so one device can reach a collective (a ring
+# ppermute) long before the others: XLA's CPU runtime aborts the process when a collective waits
+# more than 40 s by default. Long ring steps (128K tokens on 2 cores) need far more.
+COLLECTIVE_TIMEOUTS = {
+    "xla_cpu_collective_call_terminate_timeout_seconds": 24 * 3600,
+    "xla_cpu_collective_call_warn_stuck_timeout_seconds": 600,
+}
 
-    Only the CPU platform is affected; set ``RINGRL_HOST_DEVICES`` to change the count.
+
+def emulate_host_devices(n: int | str = HOST_DEVICES) -> None:
+    """Give the CPU backend ``n`` devices (ring attention on one host) before jax loads.
+
+    Only the CPU platform is affected; an existing device count in ``XLA_FLAGS`` is kept. Also
+    raises the CPU collectives' stuck/terminate timeouts (see ``COLLECTIVE_TIMEOUTS``).
     """
     flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags and "jax" not in sys.modules:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={HOST_DEVICES}"
+    extra = []
+    if "xla_force_host_platform_device_count" not in flags:
+        extra.append(f"--xla_force_host_platform_device_count={n}")
+    extra += [f"--{k}={v}" for k, v in COLLECTIVE_TIMEOUTS.items() if k not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
+
+
+def _emulate_host_devices() -> None:
+    """``RINGRL_HOST_DEVICES`` (default 8) CPU devices, unless jax is already imported."""
+    if "jax" not in sys.modules:
+        emulate_host_devices(HOST_DEVICES)
 
 
 # subcommand -> (module, one-line help)
@@ -32,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ringrl.evaluate", "roll out a trained agent in its environment"),
     "bench": ("ringrl.bench.cli", "attention / context benchmarks"),
     "quickstart": ("ringrl.quickstart", "collect, train, evaluate end to end on a small task"),
+    "compare": ("ringrl.compare", "the ExoRL comparison (paper's Table 5) from the presets"),
 }
 
 

@@ -283,9 +283,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def set_host_devices(n: int) -> None:
     """Emulate ``n`` CPU devices; must run before JAX initialises its backends."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    from ringrl.cli import emulate_host_devices
+
+    emulate_host_devices(n)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,8 +3,9 @@
 The forward pass visits query blocks one at a time and, for each, folds in key/value blocks with
 the online-softmax update (running max ``m``, denominator ``l``, unnormalised output ``o``, all
 float32). Block pairs that the causal mask or padding hide entirely are skipped (``lax.switch``),
-not computed and masked; pairs the mask does not touch are computed without building it. The backward pass recomputes the probabilities block by
-block from the saved log-sum-exp, so memory grows with the block size, never with ``seq**2``.
+not computed and masked; pairs the mask does not touch are computed without building it. The
+backward pass recomputes the probabilities block by block from the saved log-sum-exp, so memory
+grows with the block size, never with ``seq**2``.
 
 Within a block pair the queries are walked in tiles of :func:`query_tile` rows, so that the
 float32 score tile stays in cache; ``block_size`` (the key/value block: what is held, skipped
