@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ringrl.model import Transformer, TransformerConfig
+from ringrl.ops.reference import attention_mask
 from ringrl.sampler import build_chain, pad_chain
 
 SEQ_AXIS = "seq"
@@ -145,11 +146,7 @@ def _attend_local(
     seg_BC = _write(seg_BC, seg_new_BN, slots_BN, offset)
 
     slot_C = offset + jnp.arange(C)
-    mask_BNC = (
-        (slot_C[None, None, :] <= slots_BN[:, :, None])
-        & (seg_BC[:, None, :] == seg_new_BN[:, :, None])
-        & (seg_new_BN[:, :, None] >= 0)
-    )
+    mask_BNC = attention_mask(slots_BN, slot_C, seg_new_BN, seg_BC, causal=True)
     q_BNKGE = q_BNHE.astype(jnp.float32).reshape(B, N, K, H // K, E) * (E**-0.5)
     s_BKGNC = jnp.einsum("bnkge,bkce->bkgnc", q_BNKGE, k_BKCE.astype(jnp.float32))
     s_BKGNC = jnp.where(mask_BNC[:, None, None], s_BKGNC, -jnp.inf)

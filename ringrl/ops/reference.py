@@ -27,11 +27,12 @@ def attention_mask(
     """``mask_BQS[b, i, j]``: query i may attend key j.
 
     Same non-negative segment id, and ``k_pos <= q_pos`` when causal. A negative segment id is
-    padding: it attends nothing and nothing attends it.
+    padding: it attends nothing and nothing attends it. ``q_pos`` is ``[Q]``, or ``[B, Q]`` when
+    rows sit at different positions (incremental decoding).
     """
     mask_BQS = (q_seg_BQ[:, :, None] == k_seg_BS[:, None, :]) & (q_seg_BQ[:, :, None] >= 0)
     if causal:
-        mask_BQS &= (q_pos_Q[:, None] >= k_pos_S[None, :])[None]
+        mask_BQS &= q_pos_Q[..., :, None] >= k_pos_S  # [Q, S] or [B, Q, S]: broadcasts
     return mask_BQS
 
 
