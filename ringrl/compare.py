@@ -176,14 +176,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collect-policy", default="explore", choices=["explore", "random"])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--envs", type=int, default=4, help="parallel environments")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a key in every preset, e.g. --set train.steps=100 (repeatable)",
-    )
+    from ringrl.config import add_override_argument
+
+    add_override_argument(parser, "a key in every preset")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -198,3 +198,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def add_override_argument(parser, what: str = "a config key") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``, as :func:`load_config` takes."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what}, e.g. --set train.steps=200 (repeatable)",
+    )

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from agents import BC, AgenticTransformer, DecisionTransformer
 from agents.agentic import AgentConfig
-from ringrl.config import Config, ConfigError, dump_config, load_config
+from ringrl.config import Config, ConfigError, add_override_argument, dump_config, load_config
 from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
 from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
@@ -262,16 +262,9 @@ def _progress(enabled: bool, start: int, total: int, name: str):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML preset, e.g. configs/local/walker_run/at_ra.yaml")
+    parser.add_argument("config", help="YAML preset, e.g. configs/local/walker_run/at_ra_n128.yaml")
     parser.add_argument("--run-dir", default=None, help="run directory (default runs/<name>)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.steps=200 (repeatable)",
-    )
+    add_override_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--host-devices",

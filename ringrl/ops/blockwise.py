@@ -78,6 +78,12 @@ def softmax_scale(q: Array) -> Array:
     return jnp.asarray(q.shape[-1] ** -0.5, stats_dtype(q.dtype))
 
 
+def kernel_inputs(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
+    """``q, k, v`` token-major -> the kernel's layout: q pre-scaled, all heads-major."""
+    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
+    return q_h, kv_heads_major(k), kv_heads_major(v)
+
+
 def init_carry(q_BKGQD: Array) -> Carry:
     B, K, G, Q, D = q_BKGQD.shape
     f = stats_dtype(q_BKGQD.dtype)
@@ -346,8 +352,7 @@ def _sides(segment_ids: Array) -> Shard:
 
 def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
     b = effective_block(q.shape[1], block_size)
-    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
-    k_h, v_h = kv_heads_major(k), kv_heads_major(v)
+    q_h, k_h, v_h = kernel_inputs(q, k, v)
     side = _sides(segment_ids)
     carry, _ = attend_shard(
         init_carry(q_h),

@@ -35,9 +35,8 @@ from ringrl.ops.blockwise import (
     delta_of,
     effective_block,
     finalize,
-    heads_major,
     init_carry,
-    kv_heads_major,
+    kernel_inputs,
     kv_tokens_major,
     query_tile,
     softmax_scale,
@@ -100,18 +99,13 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     return carry, jnp.concatenate([counts, last[None]])
 
 
-def _heads_major(q, k, v):
-    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
-    return q_h, kv_heads_major(k), kv_heads_major(v)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
 def _ring(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     return _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout)[0]
 
 
 def _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout):
-    q_h, k_h, v_h = _heads_major(q, k, v)
+    q_h, k_h, v_h = kernel_inputs(q, k, v)
     carry, _ = _ring_forward(q_h, k_h, v_h, segment_ids, axis_name, causal, block_size, layout)
     out_h, lse = finalize(carry, q.dtype)
     return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
@@ -207,4 +201,4 @@ def ring_block_counts(
     Same arguments as :func:`ring_attention`; counts come from the kernel itself.
     """
     seg = segments_or_zeros(q, segment_ids)
-    return _ring_forward(*_heads_major(q, k, v), seg, axis_name, causal, block_size, layout)[1]
+    return _ring_forward(*kernel_inputs(q, k, v), seg, axis_name, causal, block_size, layout)[1]
