@@ -186,5 +186,9 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         print(f"unknown methods {unknown}; known: {list(METHODS)}", file=sys.stderr)
         return 2
+    unknown = [t for t in args.tasks if not (ROOT / "configs" / args.scale / t).is_dir()]
+    if unknown:
+        print(f"no configs/{args.scale} presets for tasks {unknown}", file=sys.stderr)
+        return 2
     compare(args)
     return 0
