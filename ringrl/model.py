@@ -11,6 +11,7 @@ F feed-forward width.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,8 @@ from jax import Array
 from jax.sharding import Mesh
 
 from ringrl.ops import IMPLS, attention, blockwise_feedforward
+from ringrl.ops.feedforward import blockwise_map
+from ringrl.ops.remat import remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +67,27 @@ class Attention(nnx.Module):
         self.v = _dense(cfg, cfg.d_model, cfg.num_kv_heads * head_dim, rngs)
         self.o = _dense(cfg, cfg.num_heads * head_dim, cfg.d_model, rngs)
 
-    def __call__(self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None) -> Array:
+    def project(self, x_BLD: Array) -> tuple[Array, Array, Array]:
+        """Queries ``[B, L, H, E]``, keys and values ``[B, L, K, E]`` of (normed) ``x_BLD``
+        (any leading axes in place of ``B, L``)."""
         cfg = self.cfg
-        B, L, _ = x_BLD.shape
-        E = cfg.d_model // cfg.num_heads
-        q_BLHE = self.q(x_BLD).reshape(B, L, cfg.num_heads, E)
-        k_BLKE = self.k(x_BLD).reshape(B, L, cfg.num_kv_heads, E)
-        v_BLKE = self.v(x_BLD).reshape(B, L, cfg.num_kv_heads, E)
-        out_BLHE = attention(
+        lead, E = x_BLD.shape[:-1], cfg.d_model // cfg.num_heads
+        q_BLHE = self.q(x_BLD).reshape(*lead, cfg.num_heads, E)
+        k_BLKE = self.k(x_BLD).reshape(*lead, cfg.num_kv_heads, E)
+        v_BLKE = self.v(x_BLD).reshape(*lead, cfg.num_kv_heads, E)
+        return q_BLHE, k_BLKE, v_BLKE
+
+    def attend(
+        self,
+        q_BLHE: Array,
+        k_BLKE: Array,
+        v_BLKE: Array,
+        segment_ids_BL: Array | None,
+        mesh: Mesh | None,
+    ) -> Array:
+        """Attention over projected heads, before the output projection: ``[B, L, H, E]``."""
+        cfg = self.cfg
+        return attention(
             q_BLHE,
             k_BLKE,
             v_BLKE,
@@ -81,7 +97,10 @@ class Attention(nnx.Module):
             segment_ids=segment_ids_BL,
             block_size=cfg.block_size,
         )
-        return self.o(out_BLHE.reshape(B, L, cfg.num_heads * E))
+
+    def __call__(self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None) -> Array:
+        out_BLHE = self.attend(*self.project(x_BLD), segment_ids_BL, mesh)
+        return self.o(out_BLHE.reshape(*out_BLHE.shape[:-2], -1))
 
 
 class MLP(nnx.Module):
@@ -102,20 +121,49 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, rngs=rngs)
         self.drop = nnx.Dropout(cfg.dropout, rngs=rngs)
 
+    def dropout_keys(self, deterministic: bool) -> Array | None:
+        """The layer's two dropout keys for one call (None when dropout is off)."""
+        if self.cfg.dropout == 0 or deterministic:
+            return None
+        return jnp.stack([self.drop.rngs(), self.drop.rngs()])
+
     def __call__(
-        self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None, deterministic: bool
+        self,
+        x_BLD: Array,
+        segment_ids_BL: Array | None,
+        mesh: Mesh | None,
+        deterministic: bool,
+        keys: Array | None = None,
     ) -> Array:
+        """One pre-norm layer. Everything position-wise (the norms, the projections, the MLP,
+        dropout, the residual sums) runs block by block with rematerialisation, so that only the
+        layer's input and output, q/k/v and the attention output ever exist for the whole
+        sequence. ``keys``: from :meth:`dropout_keys` (drawn here when not given)."""
         cfg = self.cfg
-        h = self.attn(self.norm1(x_BLD).astype(cfg.dtype), segment_ids_BL, mesh)
-        x_BLD = x_BLD + self.drop(h, deterministic=deterministic).astype(x_BLD.dtype)
-        shards = mesh.shape["seq"] if (mesh is not None and cfg.attention == "ring") else 1
-        h = blockwise_feedforward(
-            self.mlp,
-            self.norm2(x_BLD).astype(cfg.dtype),
-            block_size=cfg.block_size,
-            num_shards=shards,
+        if keys is None:
+            keys = self.dropout_keys(deterministic)
+        blockwise = functools.partial(
+            blockwise_map, block_size=cfg.block_size, num_shards=_shards(cfg, mesh)
         )
-        return x_BLD + self.drop(h, deterministic=deterministic).astype(x_BLD.dtype)
+        qkv = blockwise(lambda x: self.attn.project(self.norm1(x).astype(cfg.dtype)), x_BLD)
+        out_BLHE = self.attn.attend(*qkv, segment_ids_BL, mesh)
+        out_BLF = out_BLHE.reshape(*out_BLHE.shape[:2], -1)
+
+        def residuals(x, out, i):  # x + attention output, then + MLP, on one block
+            def drop(h, which):
+                if keys is not None:  # a different mask for every block
+                    h = self.drop(h, deterministic=False, rngs=jax.random.fold_in(keys[which], i))
+                return h.astype(x.dtype)
+
+            x = x + drop(self.attn.o(out), 0)
+            return x + drop(self.mlp(self.norm2(x).astype(cfg.dtype)), 1)
+
+        return blockwise(residuals, x_BLD, out_BLF, with_index=True)
+
+
+def _shards(cfg: TransformerConfig, mesh: Mesh | None) -> int:
+    """How many ``"seq"`` shards the position-wise blocks are walked in (ring only)."""
+    return mesh.shape["seq"] if (mesh is not None and cfg.attention == "ring") else 1
 
 
 class Transformer(nnx.Module):
@@ -141,13 +189,18 @@ class Transformer(nnx.Module):
     ) -> Array:
         x_BLD = x_BLD.astype(jnp.float32)
         for block in self.blocks:
+            keys = block.dropout_keys(deterministic)  # drawn here: nothing mutates under remat
             if self.cfg.remat:
-                x_BLD = nnx.remat(lambda blk, x: blk(x, segment_ids, mesh, deterministic))(
-                    block, x_BLD
+                graphdef, state = nnx.split(block)
+                layer = lambda state, x, seg, keys, g=graphdef: nnx.merge(g, state)(  # noqa: E731
+                    x, seg, mesh, deterministic, keys
                 )
+                x_BLD = remat(layer)(state, x_BLD, segment_ids, keys)
             else:
-                x_BLD = block(x_BLD, segment_ids, mesh, deterministic)
-        return self.norm(x_BLD)
+                x_BLD = block(x_BLD, segment_ids, mesh, deterministic, keys)
+        return blockwise_feedforward(
+            self.norm, x_BLD, block_size=self.cfg.block_size, num_shards=_shards(self.cfg, mesh)
+        )
 
 
 def with_attention(model: Transformer, impl: str, block_size: int | None = None) -> Transformer:

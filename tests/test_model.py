@@ -130,3 +130,17 @@ def test_make_mesh_takes_remaining_devices_and_names_axes():
     assert dict(mesh.shape) == {"data": 2, "seq": 4}
     with pytest.raises(ValueError, match="needs 16 devices"):
         make_mesh(data=2, seq=8)
+
+
+def test_training_mode_dropout_is_seeded_and_differs_between_blocks():
+    cfg = dataclasses.replace(CFG, num_layers=1, dropout=0.5, attention="blockwise")
+    x = jnp.broadcast_to(jax.random.normal(jax.random.PRNGKey(2), (1, 1, CFG.d_model)), (1, 16, 32))
+    run = lambda: Transformer(cfg, rngs=nnx.Rngs(0))(x, deterministic=False)  # noqa: E731
+    out, again = run(), run()
+    quiet = Transformer(cfg, rngs=nnx.Rngs(0))(x)
+    np.testing.assert_array_equal(out, again)  # same seed, same masks
+    # identical tokens: without dropout every position's output is the same ...
+    np.testing.assert_allclose(quiet[0, 0], quiet[0, 4], rtol=1e-5)
+    # ... with it, the same offset in two blocks (block 4) must get different masks
+    assert not np.allclose(out[0, 0], out[0, 4])
+    assert not np.allclose(out, quiet)

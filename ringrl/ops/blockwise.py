@@ -36,6 +36,7 @@ from ringrl.ops.reference import (
     split_heads,
     stats_dtype,
 )
+from ringrl.ops.remat import full_after
 
 
 class Shard(NamedTuple):
@@ -87,10 +88,10 @@ def kernel_inputs(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
 def init_carry(q_BKGQD: Array) -> Carry:
     B, K, G, Q, D = q_BKGQD.shape
     f = stats_dtype(q_BKGQD.dtype)
-    return Carry(
-        jnp.zeros((B, K, G, Q, D), f),
-        jnp.full((B, K, G, Q), -jnp.inf, f),
-        jnp.zeros((B, K, G, Q), f),
+    return Carry(  # created only once q exists (see ringrl.ops.remat)
+        full_after(q_BKGQD, (B, K, G, Q, D), 0.0, f),
+        full_after(q_BKGQD, (B, K, G, Q), -jnp.inf, f),
+        full_after(q_BKGQD, (B, K, G, Q), 0.0, f),
     )
 
 
@@ -374,7 +375,7 @@ def _blockwise_bwd(causal, block_size, res, do):
     b = effective_block(q_h.shape[3], block_size)
     do_t = split_heads(do, k_h.shape[1])
     side = _sides(segment_ids)
-    f32 = lambda x: jnp.zeros(x.shape, stats_dtype(x.dtype))  # noqa: E731
+    f32 = lambda x: full_after(do, x.shape, 0.0, stats_dtype(x.dtype))  # noqa: E731
     dq, dk, dv = attend_shard_bwd(
         q_h,
         k_h,

@@ -43,6 +43,7 @@ from ringrl.ops.blockwise import (
     tokens_major,
 )
 from ringrl.ops.reference import segments_or_zeros, split_heads
+from ringrl.ops.remat import full_after
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
 
@@ -147,7 +148,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         dkv = jax.lax.ppermute((dk, dv), axis_name, perm)  # travels with its K/V shard
         return (dq, kv_next, dkv), None
 
-    f32 = lambda x: jnp.zeros(x.shape, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
+    f32 = lambda x: full_after(do, x.shape, 0.0, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
     kv_t = jax.ShapeDtypeStruct(kv_tokens_major(k_h).shape, k_h.dtype)
     state = (f32(do_t), (k_h, v_h, segment_ids), (f32(kv_t), f32(kv_t)))
     (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
