@@ -146,15 +146,34 @@ def plot(task: str, by_method: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def finished(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
+    """The ``eval.json`` of every task x method x seed already done (nothing is run)."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    for task in args.tasks:
+        for method in args.methods:
+            runs = [
+                Path(args.run_dir) / task / method / f"seed{s}" / "eval.json" for s in args.seeds
+            ]
+            done = [json.loads(r.read_text()) for r in runs if r.exists()]
+            if done:
+                results.setdefault(task, {})[method] = done
+    return results
+
+
 def compare(args: argparse.Namespace) -> dict:
     out = Path(args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, list[dict]]] = {}
-    for task in args.tasks:
-        data = dataset(task, Path(args.data_dir), args.collect_steps, args.collect_policy)
-        results[task] = {
-            m: [run_one(task, m, s, data, args) for s in args.seeds] for m in args.methods
-        }
+    if args.report_only:
+        results = finished(args)
+        if not results:
+            raise SystemExit(f"no finished runs under {out}")
+    else:
+        results = {}
+        for task in args.tasks:
+            data = dataset(task, Path(args.data_dir), args.collect_steps, args.collect_policy)
+            results[task] = {
+                m: [run_one(task, m, s, data, args) for s in args.seeds] for m in args.methods
+            }
     table = aggregate(results)
     (out / "results.json").write_text(json.dumps(table, indent=1))
     (out / "results.md").write_text(markdown(table, args.scale))
@@ -176,6 +195,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collect-policy", default="explore", choices=["explore", "random"])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--envs", type=int, default=4, help="parallel environments")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: tabulate and plot the runs already finished (the seeds column says "
+        "how many)",
+    )
     from ringrl.config import add_override_argument
 
     add_override_argument(parser, "a key in every preset")

@@ -32,3 +32,27 @@ def test_seeds_aggregate_to_mean_and_std_with_the_papers_number():
         in text
     )
     assert "| cartpole_swingup | DT | 1 | 60.0 ± 0.0 |" in text
+
+
+def test_report_only_tabulates_the_finished_runs_without_running_anything(tmp_path):
+    import argparse
+    import json
+
+    from ringrl.compare import compare
+
+    done = tmp_path / "cartpole_swingup" / "dt" / "seed1"
+    done.mkdir(parents=True)
+    (done / "eval.json").write_text(json.dumps(fake_eval(60.0, 70.0, [60.0])))
+    args = argparse.Namespace(
+        run_dir=str(tmp_path),
+        tasks=["cartpole_swingup", "walker_stand"],
+        methods=["bc10", "dt"],
+        seeds=[0, 1, 2],
+        scale="local",
+        report_only=True,
+    )
+    table = compare(args)
+    assert list(table) == ["cartpole_swingup"] and list(table["cartpole_swingup"]) == ["dt"]
+    assert table["cartpole_swingup"]["dt"]["seeds"] == 1
+    assert "| cartpole_swingup | DT | 1 | 60.0 ± 0.0 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves_cartpole_swingup.png").exists()

@@ -10,6 +10,7 @@ from flax import nnx
 
 from ringrl.model import Transformer, TransformerConfig, with_attention
 from ringrl.ops import blockwise_feedforward
+from ringrl.ops.feedforward import blockwise_map
 from ringrl.parallel import make_mesh
 
 CFG = TransformerConfig(
@@ -117,6 +118,39 @@ def test_blockwise_feedforward_equals_direct_application_with_gradients():
         np.testing.assert_allclose(y, fn(x), rtol=1e-6, atol=1e-6)
         g = jax.grad(lambda x: blockwise_feedforward(fn, x, block_size=4).sum())(x)
         np.testing.assert_allclose(g, jax.grad(lambda x: fn(x).sum())(x), rtol=1e-4, atol=1e-5)
+
+
+def test_blockwise_map_matches_direct_application_for_inputs_and_closed_over_parameters():
+    kw, kx, ka = jax.random.split(jax.random.PRNGKey(3), 3)
+    w = jax.random.normal(kw, (8, 6))
+    x = jax.random.normal(kx, (2, 32, 8))
+    a = jax.random.normal(ka, (2, 32, 6))
+
+    def direct(w, x, a):  # two inputs, two outputs, a parameter closed over
+        h = jnp.tanh(x @ w)
+        return h * a, (h + a).sum(-1)
+
+    def loss(outs):
+        return (outs[0] ** 2).sum() + jnp.sin(outs[1]).sum()
+
+    for shards in (1, 4):
+
+        def blocked(w, x, a, shards=shards):
+            fn = lambda xb, ab: direct(w, xb, ab)  # noqa: E731
+            return blockwise_map(fn, x, a, block_size=4, num_shards=shards)
+
+        for got, want in zip(blocked(w, x, a), direct(w, x, a), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        g_got = jax.grad(lambda *args: loss(blocked(*args)), argnums=(0, 1, 2))(w, x, a)
+        g_want = jax.grad(lambda *args: loss(direct(*args)), argnums=(0, 1, 2))(w, x, a)
+        for got, want in zip(g_got, g_want, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_blockwise_map_passes_each_block_its_index():
+    x = jnp.ones((1, 12, 2))
+    idx = blockwise_map(lambda xb, i: xb * i, x, block_size=4, with_index=True)
+    np.testing.assert_array_equal(idx[0, :, 0], np.repeat(np.arange(3.0), 4))
 
 
 def test_config_rejects_unknown_attention():

@@ -15,9 +15,10 @@ The shard-level functions here (:func:`attend_shard`, :func:`attend_shard_bwd`) 
 attention: a ring step is one call with the key/value shard currently held.
 
 Shape suffixes: B batch, Q/S query/key positions, q/s positions within a block, K kv heads,
-G query heads per kv head, D head dim. The kernel works heads-major (``[B, K, G, Q, D]``,
-``[B, K, S, D]``), so every block product is a plain batched matmul, and takes q pre-scaled by
-``head_dim ** -0.5``.
+G query heads per kv head, D head dim. Queries are kept heads-major (``[B, K, G, Q, D]``, q
+pre-scaled by ``head_dim ** -0.5``); keys and values stay token-major (``[B, S, K, D]``) and each
+block is transposed to ``[B, K, s, D]`` when loaded, so every block product is a plain batched
+matmul and no heads-major copy of k, v or the output is kept for the backward pass.
 """
 
 from __future__ import annotations
@@ -59,20 +60,10 @@ def heads_major(q_BQHD: Array, num_kv_heads: int) -> Array:
     return jnp.moveaxis(split_heads(q_BQHD, num_kv_heads), 1, 3)
 
 
-def kv_heads_major(k_BSKD: Array) -> Array:
-    """``[B, S, K, D] -> [B, K, S, D]``."""
-    return jnp.moveaxis(k_BSKD, 1, 2)
-
-
 def tokens_major(x_BKGQD: Array) -> Array:
     """``[B, K, G, Q, D] -> [B, Q, H, D]`` (inverse of :func:`heads_major`)."""
     B, K, G, Q, D = x_BKGQD.shape
     return jnp.moveaxis(x_BKGQD, 3, 1).reshape(B, Q, K * G, D)
-
-
-def kv_tokens_major(x_BKSD: Array) -> Array:
-    """``[B, K, S, D] -> [B, S, K, D]``."""
-    return jnp.moveaxis(x_BKSD, 2, 1)
 
 
 def softmax_scale(q: Array) -> Array:
@@ -80,9 +71,10 @@ def softmax_scale(q: Array) -> Array:
 
 
 def kernel_inputs(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
-    """``q, k, v`` token-major -> the kernel's layout: q pre-scaled, all heads-major."""
-    q_h = heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2])
-    return q_h, kv_heads_major(k), kv_heads_major(v)
+    """``q, k, v`` token-major -> the kernel's inputs: q pre-scaled and heads-major; k and v
+    as they are (token-major: each key/value block is transposed when it is loaded, so no
+    shard-sized heads-major copy of them is ever kept)."""
+    return heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2]), k, v
 
 
 def init_carry(q_BKGQD: Array) -> Carry:
@@ -160,11 +152,16 @@ def _online_update(carry: Carry, q_BKGqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
     return Carry(o * correction[..., None] + pv_BKGqD, m_new, denom)
 
 
+def _kv_block(k_BSKD: Array, j: Array, size: int) -> Array:
+    """Key/value block ``j`` of a token-major shard, heads-major: ``[B, K, s, D]``."""
+    return jnp.moveaxis(_get(k_BSKD, j, size, 1), 1, 2)
+
+
 def attend_shard(
     carry: Carry,
     q_BKGQD: Array,
-    k_BKSD: Array,
-    v_BKSD: Array,
+    k_BSKD: Array,
+    v_BSKD: Array,
     q_side: Shard,
     k_side: Shard,
     *,
@@ -174,23 +171,22 @@ def attend_shard(
 ) -> tuple[Carry, Array]:
     """Fold the key/value shard into every query's online-softmax state.
 
-    ``q_BKGQD`` is pre-scaled by ``head_dim ** -0.5``. Blocks are read and written in place with
-    dynamic slices (no blocked copies of the shards); each block pair is skipped, computed
-    without a mask, or computed with the mask (:func:`_block_kind`). Returns the new carry and
-    the number of block pairs actually computed (int32).
+    ``q_BKGQD`` is heads-major and pre-scaled by ``head_dim ** -0.5``; ``k_BSKD``, ``v_BSKD``
+    are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
+    tiles the inner one; blocks and carry tiles are read and written in place with dynamic
+    slices. Each block pair is skipped, computed without a mask, or computed with the mask
+    (:func:`_block_kind`). Returns the new carry and the number of block pairs computed (int32).
     """
-    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BKSD.shape[2] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
 
-    def per_q_block(i, state):
-        carry, count = state
-        q_blk, qp = _get(q_BKGQD, i, block_q, 3), _get(q_side.pos_L, i, block_q, 0)
-        qs = _get(q_side.seg_BL, i, block_q, 1)
-        c = Carry(*(_get(x, i, block_q, 3) for x in carry))
+    def per_k_block(j, state):
+        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
+        k_blk, v_blk = _kv_block(k_BSKD, j, block_k), _kv_block(v_BSKD, j, block_k)
 
-        def per_k_block(j, state):
-            c, count = state
-            kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
-            k_blk, v_blk = _get(k_BKSD, j, block_k, 2), _get(v_BKSD, j, block_k, 2)
+        def per_q_tile(i, state):
+            carry, count = state
+            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
+            q_blk = _get(q_BKGQD, i, block_q, 3)
             mask = lambda: attention_mask(qp, kp, qs, ks, causal=causal)  # noqa: E731
             kind = _block_kind(qp, kp, qs, ks, causal)
             c = jax.lax.switch(
@@ -200,15 +196,14 @@ def attend_shard(
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
                 ],
-                c,
+                Carry(*(_get(x, i, block_q, 3) for x in carry)),
             )
-            return c, count + (kind != SKIP).astype(jnp.int32)
+            carry = Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
+            return carry, count + (kind != SKIP).astype(jnp.int32)
 
-        c, count = jax.lax.fori_loop(0, num_k, per_k_block, (c, count))
-        carry = Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
-        return carry, count
+        return jax.lax.fori_loop(0, num_q, per_q_tile, state)
 
-    return jax.lax.fori_loop(0, num_q, per_q_block, (carry, jnp.int32(0)))
+    return jax.lax.fori_loop(0, num_k, per_k_block, (carry, jnp.int32(0)))
 
 
 def _add_dot(acc: Array, spec: str, out: str, a: Array, b: Array) -> Array:
@@ -248,8 +243,8 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
 
 def attend_shard_bwd(
     q_BKGQD: Array,
-    k_BKSD: Array,
-    v_BKSD: Array,
+    k_BSKD: Array,
+    v_BSKD: Array,
     do_BQKGD: Array,
     lse_BKGQ: Array,
     delta_BKGQ: Array,
@@ -263,17 +258,17 @@ def attend_shard_bwd(
 ) -> tuple[Array, Array, Array]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
-    ``q_BKGQD`` is pre-scaled, as in :func:`attend_shard`; ``do_BQKGD`` is token-major. ``grads``
-    = token-major float32 accumulators (dq ``[B, Q, K, G, D]``, *unscaled*; dk, dv
+    ``q_BKGQD`` is pre-scaled; k/v and ``do_BQKGD`` are token-major (:func:`attend_shard`).
+    ``grads`` = token-major float32 accumulators (dq ``[B, Q, K, G, D]``, *unscaled*; dk, dv
     ``[B, S, K, D]``), updated in place and returned. Blocks of ``do`` and of the gradients are
     transposed one block at a time, never a whole shard (that would cost a shard-sized copy).
     Recomputes ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
     """
-    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BKSD.shape[2] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
 
     def per_k_block(j, grads):
         dq, dk, dv = grads
-        k_blk, v_blk = _get(k_BKSD, j, block_k, 2), _get(v_BKSD, j, block_k, 2)
+        k_blk, v_blk = _kv_block(k_BSKD, j, block_k), _kv_block(v_BSKD, j, block_k)
         kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
 
         def per_q_block(i, state):
@@ -307,10 +302,10 @@ def attend_shard_bwd(
     return jax.lax.fori_loop(0, num_k, per_k_block, grads)
 
 
-def delta_of(out_BKGQD: Array, do_BQKGD: Array) -> Array:
-    """``delta_BKGQ = rowsum(do * out)`` in float32 (out heads-major, do token-major)."""
-    f = stats_dtype(out_BKGQD.dtype)
-    return jnp.einsum("bkgqd,bqkgd->bkgq", out_BKGQD.astype(f), do_BQKGD.astype(f))
+def delta_of(out_BQKGD: Array, do_BQKGD: Array) -> Array:
+    """``delta_BKGQ = rowsum(do * out)`` in float32 (both token-major)."""
+    f = stats_dtype(out_BQKGD.dtype)
+    return jnp.einsum("bqkgd,bqkgd->bkgq", out_BQKGD.astype(f), do_BQKGD.astype(f))
 
 
 QUERY_TILE = 128  # most query rows per tile
@@ -367,31 +362,32 @@ def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
         block_k=b,
     )
     out_h, lse = finalize(carry, q.dtype)
-    return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
+    out = tokens_major(out_h)
+    return out, (q_h, k_h, v_h, segment_ids, out, lse)  # k, v, out: token-major, not copies
 
 
 def _blockwise_bwd(causal, block_size, res, do):
-    q_h, k_h, v_h, segment_ids, out_h, lse = res
+    q_h, k, v, segment_ids, out, lse = res
     b = effective_block(q_h.shape[3], block_size)
-    do_t = split_heads(do, k_h.shape[1])
+    do_t = split_heads(do, k.shape[2])
     side = _sides(segment_ids)
     f32 = lambda x: full_after(do, x.shape, 0.0, stats_dtype(x.dtype))  # noqa: E731
     dq, dk, dv = attend_shard_bwd(
         q_h,
-        k_h,
-        v_h,
+        k,
+        v,
         do_t,
         lse,
-        delta_of(out_h, do_t),
+        delta_of(split_heads(out, k.shape[2]), do_t),
         side,
         side,
-        (f32(do_t), f32(kv_tokens_major(k_h)), f32(kv_tokens_major(v_h))),
+        (f32(do_t), f32(k), f32(v)),
         causal=causal,
         block_q=query_tile(b, do.shape[2]),
         block_k=b,
     )
     dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
-    return dq, dk.astype(k_h.dtype), dv.astype(v_h.dtype), None
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
+
+from ringrl.ops.remat import full_after
 
 
 def blockwise_feedforward(
@@ -42,8 +46,11 @@ def blockwise_map(
 
     Each block argument has shape ``[batch, num_shards, block, ...]``; with ``with_index`` the
     block's index (0 .. blocks per shard - 1, an int32 scalar) comes last, e.g. to fold into a
-    dropout key. Rematerialised: the backward pass recomputes ``fn`` block by block, so only the
-    inputs and the outputs exist for the whole sequence.
+    dropout key. ``fn`` may close over traced values (a module's parameters): they are
+    differentiated too. Rematerialised with a custom VJP: the forward keeps only the inputs, the
+    backward recomputes ``fn`` block by block. Blocks are read and written in place, and every
+    sequence-sized buffer is created only once its data exists (``ringrl.ops.remat``), so
+    nothing but the inputs, the outputs and their cotangents is ever sequence-sized.
     """
     B, L = xs[0].shape[:2]
     local = L // num_shards
@@ -52,16 +59,88 @@ def blockwise_map(
         raise ValueError(
             f"seq ({L}) must split into {num_shards} shards of whole blocks of {b} positions"
         )
-    n = local // b
+    xs_BRL_ = tuple(x.reshape(B, num_shards, local, *x.shape[2:]) for x in xs)
 
-    def to_blocks(x_BL_: Array) -> Array:  # [B, L, ...] -> [N, B, R, b, ...]
-        return jnp.moveaxis(x_BL_.reshape(B, num_shards, n, b, *x_BL_.shape[2:]), 2, 0)
+    def block_fn(*args):
+        *blocks, i = args
+        return fn(*blocks, i) if with_index else fn(*blocks)
 
-    def from_blocks(y_NBRb_: Array) -> Array:
-        return jnp.moveaxis(y_NBRb_, 0, 2).reshape(B, L, *y_NBRb_.shape[4:])
+    example = [_block(x, jnp.int32(0), b) for x in xs_BRL_] + [jnp.int32(0)]
+    fn_c, consts = jax.closure_convert(block_fn, *example)
+    ys_BRL_ = _map_blocks(fn_c, b, local // b, xs_BRL_, tuple(consts))
+    return jax.tree.map(lambda y: y.reshape(B, L, *y.shape[3:]), ys_BRL_)
 
-    step = jax.checkpoint(lambda args: fn(*args))
-    args = tuple(to_blocks(x) for x in xs) + (
-        (jnp.arange(n, dtype=jnp.int32),) if with_index else ()
+
+def _block(x_BRL_: Array, i: Array, b: int) -> Array:
+    return jax.lax.dynamic_slice_in_dim(x_BRL_, i * b, b, axis=2)
+
+
+def _put_block(x_BRL_: Array, y_BRb_: Array, i: Array, b: int) -> Array:
+    return jax.lax.dynamic_update_slice_in_dim(x_BRL_, y_BRb_.astype(x_BRL_.dtype), i * b, 2)
+
+
+def _differentiable(x: Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _map_blocks(fn_c, b: int, n: int, xs: tuple, consts: tuple):
+    return _map_blocks_fwd(fn_c, b, n, xs, consts)[0]
+
+
+def _map_blocks_fwd(fn_c, b, n, xs, consts):
+    B, R = xs[0].shape[:2]
+    out_blocks = jax.eval_shape(fn_c, *(_block(x, jnp.int32(0), b) for x in xs), 0, *consts)
+    ys = jax.tree.map(
+        lambda s: full_after(xs[0], (B, R, n * b, *s.shape[3:]), 0.0, s.dtype), out_blocks
     )
-    return jax.tree.map(from_blocks, jax.lax.map(step, args))
+
+    def body(i, ys):
+        y = fn_c(*(_block(x, i, b) for x in xs), i, *consts)
+        return jax.tree.map(lambda acc, y: _put_block(acc, y, i, b), ys, y)
+
+    return jax.lax.fori_loop(0, n, body, ys), (xs, consts)
+
+
+def _map_blocks_bwd(fn_c, b, n, res, g):
+    xs, consts = res
+    g0 = jax.tree.leaves(g)[0]
+    wrt_c = [j for j, c in enumerate(consts) if _differentiable(c)]
+    wrt_x = [j for j, x in enumerate(xs) if _differentiable(x)]
+    dxs = tuple(full_after(g0, x.shape, 0.0, x.dtype) for x in xs)
+    dcs = tuple(jnp.zeros_like(consts[j]) for j in wrt_c)
+
+    def body(i, state):
+        dxs, dcs = state
+        blocks = [_block(x, i, b) for x in xs]
+
+        def f(x_blocks, c_vals):
+            bl, cs = list(blocks), list(consts)
+            for j, v in zip(wrt_x, x_blocks, strict=True):
+                bl[j] = v
+            for j, v in zip(wrt_c, c_vals, strict=True):
+                cs[j] = v
+            return fn_c(*bl, i, *cs)
+
+        _, vjp = jax.vjp(f, [blocks[j] for j in wrt_x], [consts[j] for j in wrt_c])
+        dx_blocks, dc = vjp(jax.tree.map(lambda y: _block(y, i, b), g))
+        dxs = list(dxs)
+        for j, d in zip(wrt_x, dx_blocks, strict=True):
+            dxs[j] = _put_block(dxs[j], d, i, b)
+        return tuple(dxs), tuple(a + d for a, d in zip(dcs, dc, strict=True))
+
+    dxs, dcs = jax.lax.fori_loop(0, n, body, (dxs, dcs))
+    dconsts = [None] * len(consts)
+    for j, d in zip(wrt_c, dcs, strict=True):
+        dconsts[j] = d
+    for j, c in enumerate(consts):
+        if dconsts[j] is None:
+            dconsts[j] = np.zeros(c.shape, jax.dtypes.float0)
+    dxs = tuple(
+        d if _differentiable(x) else np.zeros(x.shape, jax.dtypes.float0)
+        for d, x in zip(dxs, xs, strict=True)
+    )
+    return dxs, tuple(dconsts)
+
+
+_map_blocks.defvjp(_map_blocks_fwd, _map_blocks_bwd)

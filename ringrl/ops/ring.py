@@ -37,7 +37,6 @@ from ringrl.ops.blockwise import (
     finalize,
     init_carry,
     kernel_inputs,
-    kv_tokens_major,
     query_tile,
     softmax_scale,
     tokens_major,
@@ -70,7 +69,8 @@ def _ring_perm(num_shards: int) -> list[tuple[int, int]]:
 
 
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
-    """Runs the R ring steps over heads-major shards (q pre-scaled, see :mod:`blockwise`).
+    """Runs the R ring steps (q heads-major and pre-scaled, k/v token-major: see
+    :mod:`blockwise`); the key/value shards travel token-major.
 
     Returns (carry, block pairs computed per step ``[R]``).
     """
@@ -109,17 +109,18 @@ def _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     q_h, k_h, v_h = kernel_inputs(q, k, v)
     carry, _ = _ring_forward(q_h, k_h, v_h, segment_ids, axis_name, causal, block_size, layout)
     out_h, lse = finalize(carry, q.dtype)
-    return tokens_major(out_h), (q_h, k_h, v_h, segment_ids, out_h, lse)
+    out = tokens_major(out_h)
+    return out, (q_h, k_h, v_h, segment_ids, out, lse)  # k, v, out: token-major
 
 
 def _ring_bwd(axis_name, causal, block_size, layout, res, do):
-    q_h, k_h, v_h, segment_ids, out_h, lse = res
+    q_h, k, v, segment_ids, out, lse = res
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
     C = q_h.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
-    do_t = split_heads(do, k_h.shape[1])  # token-major: blocks are transposed one at a time
-    delta = delta_of(out_h, do_t)
+    do_t = split_heads(do, k.shape[2])  # token-major: blocks are transposed one at a time
+    delta = delta_of(split_heads(out, k.shape[2]), do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     perm = _ring_perm(R)
 
@@ -149,13 +150,12 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         return (dq, kv_next, dkv), None
 
     f32 = lambda x: full_after(do, x.shape, 0.0, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    kv_t = jax.ShapeDtypeStruct(kv_tokens_major(k_h).shape, k_h.dtype)
-    state = (f32(do_t), (k_h, v_h, segment_ids), (f32(kv_t), f32(kv_t)))
+    state = (f32(do_t), (k, v, segment_ids), (f32(k), f32(v)))
     (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
     dq, dk, dv = accumulate(kv, R - 1, (dq, dk, dv))
     dk, dv = jax.lax.ppermute((dk, dv), axis_name, perm)  # back to the owner
     dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
-    return dq, dk.astype(k_h.dtype), dv.astype(v_h.dtype), None
+    return dq, dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
