@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from ringrl.ops.blockwise import _get, _put
 from ringrl.ops.remat import full_after
 
 
@@ -72,11 +73,11 @@ def blockwise_map(
 
 
 def _block(x_BRL_: Array, i: Array, b: int) -> Array:
-    return jax.lax.dynamic_slice_in_dim(x_BRL_, i * b, b, axis=2)
+    return _get(x_BRL_, i, b, axis=2)
 
 
 def _put_block(x_BRL_: Array, y_BRb_: Array, i: Array, b: int) -> Array:
-    return jax.lax.dynamic_update_slice_in_dim(x_BRL_, y_BRb_.astype(x_BRL_.dtype), i * b, 2)
+    return _put(x_BRL_, y_BRb_.astype(x_BRL_.dtype), i, b, axis=2)
 
 
 def _differentiable(x: Array) -> bool:
