@@ -19,7 +19,15 @@ from flax import nnx
 from jax import Array
 from jax.sharding import Mesh
 
-from ringrl.ops import IMPLS, attention, blockwise_feedforward
+from ringrl.ops import (
+    IMPLS,
+    attention,
+    blockwise_feedforward,
+    from_ring_layout,
+    ring_attention_laid_out,
+    ring_layout,
+    to_ring_layout,
+)
 from ringrl.ops.feedforward import blockwise_map
 from ringrl.ops.remat import remat
 
@@ -84,9 +92,24 @@ class Attention(nnx.Module):
         v_BLKE: Array,
         segment_ids_BL: Array | None,
         mesh: Mesh | None,
+        layout: str | None = None,
     ) -> Array:
-        """Attention over projected heads, before the output projection: ``[B, L, H, E]``."""
+        """Attention over projected heads, before the output projection: ``[B, L, H, E]``.
+
+        ``layout``: None for a sequence in natural order; else the ring layout the sequence
+        (and ``segment_ids_BL``) is already in (:meth:`Transformer.ring_layout`)."""
         cfg = self.cfg
+        if layout is not None:
+            return ring_attention_laid_out(
+                q_BLHE,
+                k_BLKE,
+                v_BLKE,
+                mesh=mesh,
+                layout=layout,
+                causal=cfg.causal,
+                segment_ids=segment_ids_BL,
+                block_size=cfg.block_size,
+            )
         return attention(
             q_BLHE,
             k_BLKE,
@@ -134,11 +157,13 @@ class Block(nnx.Module):
         mesh: Mesh | None,
         deterministic: bool,
         keys: Array | None = None,
+        layout: str | None = None,
     ) -> Array:
         """One pre-norm layer. Everything position-wise (the norms, the projections, the MLP,
         dropout, the residual sums) runs block by block with rematerialisation, so that only the
         layer's input and output, q/k/v and the attention output ever exist for the whole
-        sequence. ``keys``: from :meth:`dropout_keys` (drawn here when not given)."""
+        sequence. ``keys``: from :meth:`dropout_keys` (drawn here when not given); ``layout``:
+        see :meth:`Attention.attend`."""
         cfg = self.cfg
         if keys is None:
             keys = self.dropout_keys(deterministic)
@@ -146,7 +171,7 @@ class Block(nnx.Module):
             blockwise_map, block_size=cfg.block_size, num_shards=_shards(cfg, mesh)
         )
         qkv = blockwise(lambda x: self.attn.project(self.norm1(x).astype(cfg.dtype)), x_BLD)
-        out_BLHE = self.attn.attend(*qkv, segment_ids_BL, mesh)
+        out_BLHE = self.attn.attend(*qkv, segment_ids_BL, mesh, layout)
         out_BLF = out_BLHE.reshape(*out_BLHE.shape[:2], -1)
 
         def residuals(x, out, i):  # x + attention output, then + MLP, on one block
@@ -161,6 +186,12 @@ class Block(nnx.Module):
         return blockwise(residuals, x_BLD, out_BLF, with_index=True)
 
 
+def _default_mesh() -> Mesh:
+    from ringrl.parallel import make_mesh
+
+    return make_mesh(data=1, seq=-1)
+
+
 def _shards(cfg: TransformerConfig, mesh: Mesh | None) -> int:
     """How many ``"seq"`` shards the position-wise blocks are walked in (ring only)."""
     return mesh.shape["seq"] if (mesh is not None and cfg.attention == "ring") else 1
@@ -172,6 +203,11 @@ class Transformer(nnx.Module):
     Call with embedded tokens ``x_BLD`` (float32) and optional ``segment_ids_BL`` (negative =
     padding). ``mesh`` is needed for ``attention="ring"`` (None: all local devices on
     ``"seq"``). Returns float32 hidden states ``[B, L, D]``.
+
+    With ring attention and a causal mask the layers see the sequence in the ring's zigzag
+    order (:meth:`ring_layout`): the model reorders its input once and its output back once.
+    ``sequence_order="ring"`` says the caller's ``x_BLD`` and ``segment_ids`` are already in
+    that order (``ringrl.ops.to_ring_layout``), and the output is then left in it too.
     """
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
@@ -186,21 +222,44 @@ class Transformer(nnx.Module):
         segment_ids: Array | None = None,
         mesh: Mesh | None = None,
         deterministic: bool = True,
+        sequence_order: str = "natural",
     ) -> Array:
+        if sequence_order not in ("natural", "ring"):
+            raise ValueError(f"sequence_order must be 'natural' or 'ring', got {sequence_order!r}")
         x_BLD = x_BLD.astype(jnp.float32)
+        layout = self.ring_layout(mesh)
+        if layout is not None:
+            mesh = mesh or _default_mesh()
+        relayout = layout is not None and sequence_order == "natural"
+        if relayout:  # once for the whole model, not at every attention call
+            x_BLD = to_ring_layout(x_BLD, mesh, layout)
+            if segment_ids is not None:
+                segment_ids = to_ring_layout(segment_ids, mesh, layout)
         for block in self.blocks:
             keys = block.dropout_keys(deterministic)  # drawn here: nothing mutates under remat
             if self.cfg.remat:
                 graphdef, state = nnx.split(block)
                 layer = lambda state, x, seg, keys, g=graphdef: nnx.merge(g, state)(  # noqa: E731
-                    x, seg, mesh, deterministic, keys
+                    x, seg, mesh, deterministic, keys, layout
                 )
                 x_BLD = remat(layer)(state, x_BLD, segment_ids, keys)
             else:
-                x_BLD = block(x_BLD, segment_ids, mesh, deterministic, keys)
-        return blockwise_feedforward(
+                x_BLD = block(x_BLD, segment_ids, mesh, deterministic, keys, layout)
+        x_BLD = blockwise_feedforward(
             self.norm, x_BLD, block_size=self.cfg.block_size, num_shards=_shards(self.cfg, mesh)
         )
+        return from_ring_layout(x_BLD, mesh, layout) if relayout else x_BLD
+
+    def ring_layout(self, mesh: Mesh | None) -> str | None:
+        """The order the layers see the sequence in: None (natural) unless attention is a
+        ring over several devices with a load-balancing layout (zigzag for causal attention).
+        Every layer but attention is position-wise, so the model lays its input out once and
+        puts its output back once, instead of relaying q, k, v and the output of every layer."""
+        if self.cfg.attention != "ring":
+            return None
+        layout = ring_layout(self.cfg.causal)
+        devices = (mesh or _default_mesh()).shape["seq"]
+        return None if layout == "contiguous" or devices == 1 else layout
 
 
 def with_attention(model: Transformer, impl: str, block_size: int | None = None) -> Transformer:

@@ -72,6 +72,21 @@ def test_ring_on_data2_seq4_mesh_matches_single_device_vanilla_loss_and_grads():
     assert max_rel_diff(grads1, grads0) <= 1e-4
 
 
+def test_ring_model_on_input_already_in_ring_order_returns_output_in_that_order():
+    from ringrl.ops import to_ring_layout
+
+    x, seg = inputs()
+    mesh = make_mesh(data=1, seq=4)
+    ring = Transformer(dataclasses.replace(CFG, attention="ring"), rngs=nnx.Rngs(0))
+    assert ring.ring_layout(mesh) == "zigzag"
+    natural = ring(x, segment_ids=seg, mesh=mesh)
+    order = lambda a: to_ring_layout(a, mesh, "zigzag")  # noqa: E731
+    laid_out = ring(order(x), segment_ids=order(seg), mesh=mesh, sequence_order="ring")
+    np.testing.assert_allclose(laid_out, order(natural), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="sequence_order"):
+        ring(x, segment_ids=seg, mesh=mesh, sequence_order="zigzag")
+
+
 def test_blockwise_model_matches_vanilla_loss_and_grads():
     x, seg = inputs()
     model = Transformer(CFG, rngs=nnx.Rngs(0))

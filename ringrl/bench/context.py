@@ -85,8 +85,8 @@ def layer_memory(impl: str, seq: int, devices: int, args) -> int:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     mesh = make_mesh(1, devices)
 
-    def loss(params, x, rest):
-        return nnx.merge(graphdef, params, rest)(x, mesh=mesh).sum()
+    def loss(params, x, rest):  # x as a layer inside the model sees it (in the ring's order)
+        return nnx.merge(graphdef, params, rest)(x, mesh=mesh, sequence_order="ring").sum()
 
     sharding = NamedSharding(mesh, P(None, "seq" if impl == "ring" else None))
     x = jax.ShapeDtypeStruct((1, seq, cfg.d_model), jnp.float32, sharding=sharding)

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -97,11 +98,17 @@ class Setup:
         self.batch = shard_batch(self.mesh, batch)
         agent_state = nnx.to_pure_dict(self.state)[0]  # (agent, optimizer)
         self.num_params = sum(x.size for x in jax.tree.leaves(agent_state))
+        self._compiled = None
+        self.loss = float("nan")
 
     def compiled(self):
+        """The compiled step (compiled once per setup)."""
         import jax.numpy as jnp
 
-        return self.step_fn.lower(self.state, self.rng_state, self.batch, jnp.int32(0)).compile()
+        if self._compiled is None:
+            args = (self.state, self.rng_state, self.batch, jnp.int32(0))
+            self._compiled = self.step_fn.lower(*args).compile()
+        return self._compiled
 
     def memory(self) -> dict[str, int]:
         m = self.compiled().memory_analysis()
@@ -124,7 +131,7 @@ class Setup:
         t0 = time.perf_counter()
         for i in range(n):
             state, metrics = step(state, self.rng_state, self.batch, jax.numpy.int32(i))
-        loss = float(metrics["loss"])
+        self.loss = loss = float(metrics["loss"])
         self.state = state
         assert loss == loss, "non-finite loss"
         return (time.perf_counter() - t0) / n
@@ -169,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-gb", type=float, default=None, help="default: RAM / devices")
     p.add_argument("--steps", type=int, default=1, help="timed steps per throughput figure")
     p.add_argument("--out", default=None, help="JSON results path")
+    p.add_argument(
+        "--query-tile",
+        type=int,
+        default=None,
+        help="query rows per block pair (default: ringrl.ops.blockwise.QUERY_TILE); long "
+        "contexts on the CPU backend need fewer, larger tiles (docs/training.md)",
+    )
     args = p.parse_args(argv)
 
     from ringrl.train import set_host_devices
@@ -176,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     set_host_devices(args.devices)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
+
+    if args.query_tile:
+        import ringrl.ops.blockwise as bw
+
+        bw.QUERY_TILE, bw.TILE_SCORES = args.query_tile, 1 << 62
 
     parts = set(args.parts.split(","))
     budget = int((args.device_gb or _mem_total_bytes() / 2**30 / args.devices) * 2**30)
@@ -186,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         "devices": jax.device_count(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "device_budget_gib": budget / 2**30,
+        "block_size": args.block_size,
+        "query_tile": args.query_tile,
     }
     out = lambda: print(json.dumps(res, indent=1), flush=True)
 
@@ -195,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed(attention: str, tokens: int, devices: int) -> dict:
         s = Setup(attention, tokens, devices, args.block_size)
+        analysis = s.memory()["total"]
         sec = s.run(args.steps)
         r = {
             "attention": attention,
@@ -205,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": s.padded_tokens / sec,
             "model_flops": s.model_flops(),
             "params": int(s.num_params),
+            "loss": s.loss,
+            "analysis_bytes_per_device": analysis,
+            "peak_resident_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         }
         if "matmul_flops_per_s" in res:
             r["mfu"] = s.model_flops() / sec / res["matmul_flops_per_s"]

@@ -1,6 +1,14 @@
 """Attention and feed-forward computed block by block, on one device or on a ring of devices."""
 
-from ringrl.ops.api import IMPLS, attention, ring_step_counts
+from ringrl.ops.api import (
+    IMPLS,
+    attention,
+    from_ring_layout,
+    ring_attention_laid_out,
+    ring_layout,
+    ring_step_counts,
+    to_ring_layout,
+)
 from ringrl.ops.blockwise import blockwise_attention
 from ringrl.ops.feedforward import blockwise_feedforward
 from ringrl.ops.reference import reference_attention
@@ -11,8 +19,12 @@ __all__ = [
     "attention",
     "blockwise_attention",
     "blockwise_feedforward",
+    "from_ring_layout",
     "layout_positions",
     "reference_attention",
     "ring_attention",
+    "ring_attention_laid_out",
+    "ring_layout",
     "ring_step_counts",
+    "to_ring_layout",
 ]

@@ -71,11 +71,7 @@ def from_zigzag(x: Array, axis_name: str) -> Array:
     return jnp.concatenate([even, odd], axis=1)
 
 
-def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=None, layout=None):
-    """Run ``fn`` (ring attention or its counters) in ``shard_map`` over natural-order inputs."""
-    R = mesh.shape["seq"]
-    L = q.shape[1]
-    layout = layout or ring_layout(causal)
+def _check_ring_length(L: int, R: int, layout: str) -> None:
     if layout not in ("contiguous", "zigzag"):
         raise ValueError(f"attention() lays sequences out contiguous or zigzag, not {layout!r}")
     chunks = 2 * R if layout == "zigzag" else R
@@ -84,9 +80,21 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
             f"ring attention over {R} devices with the {layout} layout needs seq ({L}) to be a "
             f"multiple of {chunks}; pad with negative segment ids"
         )
+
+
+def _sharded_ring(
+    fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=None, layout=None, relayout=True
+):
+    """Run ``fn`` (ring attention or its counters) in ``shard_map``.
+
+    ``relayout``: the inputs are in natural order and are laid out (and the output put back)
+    here; otherwise they are already in ``layout`` order (:func:`to_ring_layout`).
+    """
+    layout = layout or ring_layout(causal)
+    _check_ring_length(q.shape[1], mesh.shape["seq"], layout)
     segment_ids = segments_or_zeros(q, segment_ids)
     spec4, spec2 = _specs(mesh, q.shape[0])
-    zig = layout == "zigzag"
+    zig = relayout and layout == "zigzag"
 
     def body(q, k, v, seg):
         if zig:
@@ -110,6 +118,62 @@ def _sharded_ring(fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=
         out_specs=out_specs or spec4,
         check_vma=False,
     )(q, k, v, segment_ids)
+
+
+def _relayout(x: Array, mesh: Mesh, layout: str, fn) -> Array:
+    if layout == "contiguous" or mesh.shape["seq"] == 1:
+        return x
+    _check_ring_length(x.shape[1], mesh.shape["seq"], layout)
+    spec = P(*_specs(mesh, x.shape[0])[0][:2], *([None] * (x.ndim - 2)))
+    return jax.shard_map(
+        lambda x: fn(x, "seq"), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
+    )(x)
+
+
+def to_ring_layout(x: Array, mesh: Mesh, layout: str) -> Array:
+    """Global ``[batch, seq, ...]`` in natural order -> the same array with ``seq`` reordered so
+    that device r's shard holds the positions ``layout`` gives it (see :mod:`ringrl.ops.ring`).
+
+    A model whose layers are all position-wise except attention lays its sequence out once,
+    runs every layer's :func:`ring_attention_laid_out` without relayout, and puts the result
+    back with :func:`from_ring_layout`.
+    """
+    return _relayout(x, mesh, layout, to_zigzag)
+
+
+def from_ring_layout(x: Array, mesh: Mesh, layout: str) -> Array:
+    """Inverse of :func:`to_ring_layout`."""
+    return _relayout(x, mesh, layout, from_zigzag)
+
+
+def ring_attention_laid_out(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    mesh: Mesh,
+    layout: str,
+    causal: bool = True,
+    segment_ids: Array | None = None,
+    block_size: int = 512,
+) -> Array:
+    """Ring attention over global arrays already in ``layout`` order (:func:`to_ring_layout`,
+    applied to q, k, v and segment ids alike); the output is in the same order. Same result as
+    ``from_ring_layout(attention(natural q, k, v, impl="ring"), ...)`` without moving the
+    sequence around the ring at every call."""
+    check_shapes(q, k, v, segment_ids)
+    return _sharded_ring(
+        ring_attention,
+        q,
+        k,
+        v,
+        segment_ids,
+        mesh,
+        causal,
+        block_size,
+        layout=layout,
+        relayout=False,
+    )
 
 
 def attention(

@@ -24,6 +24,7 @@ matmul and no heads-major copy of k, v or the output is kept for the backward pa
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -152,9 +153,8 @@ def _online_update(carry: Carry, q_BKGqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
     return Carry(o * correction[..., None] + pv_BKGqD, m_new, denom)
 
 
-def _kv_block(k_BSKD: Array, j: Array, size: int) -> Array:
-    """Key/value block ``j`` of a token-major shard, heads-major: ``[B, K, s, D]``."""
-    return jnp.moveaxis(_get(k_BSKD, j, size, 1), 1, 2)
+Blocks = tuple[Array, ...]
+PassOn = Callable[[Blocks], Blocks]  # sends blocks to the next device, returns what arrives
 
 
 def attend_shard(
@@ -168,20 +168,32 @@ def attend_shard(
     causal: bool,
     block_q: int,
     block_k: int,
-) -> tuple[Carry, Array]:
+    pass_on: PassOn | None = None,
+) -> tuple[Carry, Array, tuple[Array, Array, Array]]:
     """Fold the key/value shard into every query's online-softmax state.
 
     ``q_BKGQD`` is heads-major and pre-scaled by ``head_dim ** -0.5``; ``k_BSKD``, ``v_BSKD``
     are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
     tiles the inner one; blocks and carry tiles are read and written in place with dynamic
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
-    (:func:`_block_kind`). Returns the new carry and the number of block pairs computed (int32).
+    (:func:`_block_kind`).
+
+    ``pass_on`` (ring attention): called with key block j's token-major ``(k, v, segment ids)``
+    before block j is computed; what it returns (the previous device's block j) is written
+    into slot j once block j is done. So the shard moves on one block at a time, and only one
+    block, never a whole shard, is in flight.
+
+    Returns the new carry, the number of block pairs computed (int32) and the key shard
+    ``(k, v, segment ids)`` held at the end (the next shard when ``pass_on`` is given).
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
 
     def per_k_block(j, state):
-        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
-        k_blk, v_blk = _kv_block(k_BSKD, j, block_k), _kv_block(v_BSKD, j, block_k)
+        carry, count, kv = state
+        k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
+        arrived = None if pass_on is None else pass_on((k_raw, v_raw, ks))  # before compute
+        kp = _get(k_side.pos_L, j, block_k, 0)
+        k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
         def per_q_tile(i, state):
             carry, count = state
@@ -201,9 +213,13 @@ def attend_shard(
             carry = Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
             return carry, count + (kind != SKIP).astype(jnp.int32)
 
-        return jax.lax.fori_loop(0, num_q, per_q_tile, state)
+        carry, count = jax.lax.fori_loop(0, num_q, per_q_tile, (carry, count))
+        if arrived is not None:
+            kv = tuple(_put(x, y, j, block_k, 1) for x, y in zip(kv, arrived, strict=True))
+        return carry, count, kv
 
-    return jax.lax.fori_loop(0, num_k, per_k_block, (carry, jnp.int32(0)))
+    state = (carry, jnp.int32(0), (k_BSKD, v_BSKD, k_side.seg_BL))
+    return jax.lax.fori_loop(0, num_k, per_k_block, state)
 
 
 def _add_dot(acc: Array, spec: str, out: str, a: Array, b: Array) -> Array:
@@ -255,21 +271,32 @@ def attend_shard_bwd(
     causal: bool,
     block_q: int,
     block_k: int,
-) -> tuple[Array, Array, Array]:
+    pass_kv: PassOn | None = None,
+    pass_dkv: PassOn | None = None,
+) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
     ``q_BKGQD`` is pre-scaled; k/v and ``do_BQKGD`` are token-major (:func:`attend_shard`).
     ``grads`` = token-major float32 accumulators (dq ``[B, Q, K, G, D]``, *unscaled*; dk, dv
-    ``[B, S, K, D]``), updated in place and returned. Blocks of ``do`` and of the gradients are
-    transposed one block at a time, never a whole shard (that would cost a shard-sized copy).
-    Recomputes ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
+    ``[B, S, K, D]``), updated in place. Blocks of ``do`` and of the gradients are transposed
+    one block at a time, never a whole shard (that would cost a shard-sized copy). Recomputes
+    ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
+
+    Ring attention passes the shard on one block at a time (see :func:`attend_shard`):
+    ``pass_kv`` gets key block j's ``(k, v, segment ids)`` before block j is computed,
+    ``pass_dkv`` its finished ``(dk, dv)`` blocks, which travel with their key block; what
+    arrives is written into slot j.
+
+    Returns ``(dq, dk, dv)`` and the key shard ``(k, v, segment ids)`` held at the end.
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
 
-    def per_k_block(j, grads):
-        dq, dk, dv = grads
-        k_blk, v_blk = _kv_block(k_BSKD, j, block_k), _kv_block(v_BSKD, j, block_k)
-        kp, ks = _get(k_side.pos_L, j, block_k, 0), _get(k_side.seg_BL, j, block_k, 1)
+    def per_k_block(j, state):
+        dq, dk, dv, kv = state
+        k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
+        arrived = None if pass_kv is None else pass_kv((k_raw, v_raw, ks))  # before compute
+        k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
+        kp = _get(k_side.pos_L, j, block_k, 0)
 
         def per_q_block(i, state):
             dq, dk_blk, dv_blk = state
@@ -297,9 +324,15 @@ def attend_shard_bwd(
 
         state = (dq, _get(dk, j, block_k, 1), _get(dv, j, block_k, 1))
         dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
-        return dq, _put(dk, dk_blk, j, block_k, 1), _put(dv, dv_blk, j, block_k, 1)
+        if pass_dkv is not None:
+            dk_blk, dv_blk = pass_dkv((dk_blk, dv_blk))
+        if arrived is not None:
+            kv = tuple(_put(x, y, j, block_k, 1) for x, y in zip(kv, arrived, strict=True))
+        return dq, _put(dk, dk_blk, j, block_k, 1), _put(dv, dv_blk, j, block_k, 1), kv
 
-    return jax.lax.fori_loop(0, num_k, per_k_block, grads)
+    state = (*grads, (k_BSKD, v_BSKD, k_side.seg_BL))
+    dq, dk, dv, kv = jax.lax.fori_loop(0, num_k, per_k_block, state)
+    return (dq, dk, dv), kv
 
 
 def delta_of(out_BQKGD: Array, do_BQKGD: Array) -> Array:
@@ -350,7 +383,7 @@ def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
     b = effective_block(q.shape[1], block_size)
     q_h, k_h, v_h = kernel_inputs(q, k, v)
     side = _sides(segment_ids)
-    carry, _ = attend_shard(
+    carry, _, _ = attend_shard(
         init_carry(q_h),
         q_h,
         k_h,
@@ -372,7 +405,7 @@ def _blockwise_bwd(causal, block_size, res, do):
     do_t = split_heads(do, k.shape[2])
     side = _sides(segment_ids)
     f32 = lambda x: full_after(do, x.shape, 0.0, stats_dtype(x.dtype))  # noqa: E731
-    dq, dk, dv = attend_shard_bwd(
+    (dq, dk, dv), _ = attend_shard_bwd(
         q_h,
         k,
         v,

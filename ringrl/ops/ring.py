@@ -6,8 +6,11 @@ kernel of :mod:`ringrl.ops.blockwise`). After ``R`` steps every query has seen e
 backward pass (custom VJP) rotates K and V again, together with their gradient accumulators dK
 and dV, which arrive back at their owner after the last step.
 
-The next shard's ``ppermute`` is issued before the current shard is computed so that XLA can
-overlap communication with compute.
+The shard moves on one key/value block at a time: each block's ``ppermute`` to the next
+device is issued before that block is computed (so XLA can overlap communication with compute),
+and what arrives from the previous device is written into the block's slot once it is done. A
+device thus holds one shard plus one block in flight, not two shards (in the backward pass the
+finished dK/dV blocks travel the same way, after their block is computed).
 
 Layouts say which global positions a device holds (``R`` devices, local length ``C``):
 
@@ -64,13 +67,9 @@ def layout_positions(layout: str, index: Array | int, num_shards: int, local_len
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
-def _ring_perm(num_shards: int) -> list[tuple[int, int]]:
-    return [(i, (i + 1) % num_shards) for i in range(num_shards)]
-
-
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     """Runs the R ring steps (q heads-major and pre-scaled, k/v token-major: see
-    :mod:`blockwise`); the key/value shards travel token-major.
+    :mod:`blockwise`); the key/value shards travel token-major, one block at a time.
 
     Returns (carry, block pairs computed per step ``[R]``).
     """
@@ -79,25 +78,28 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     C = q.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
-    perm = _ring_perm(R)
     tile = query_tile(b, q.shape[1] * q.shape[2])  # q is [B, K, G, Q, D]: heads = K * G
     attend = functools.partial(attend_shard, causal=causal, block_q=tile, block_k=b)
 
-    def compute(carry, kv, step):
+    def compute(carry, kv, step, pass_on):
         k_cur, v_cur, seg_cur = kv
         k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
-        return attend(carry, q, k_cur, v_cur, q_side, k_side)
+        return attend(carry, q, k_cur, v_cur, q_side, k_side, pass_on=pass_on)
 
     def step_fn(state, step):
-        carry, kv = state
-        kv_next = jax.lax.ppermute(kv, axis_name, perm)  # issued before this step's compute
-        carry, count = compute(carry, kv, step)
-        return (carry, kv_next), count
+        carry, count, kv = compute(*state, step, _pass_on(axis_name, R))
+        return (carry, kv), count
 
     kv = (k, v, segment_ids)
     (carry, kv), counts = jax.lax.scan(step_fn, (init_carry(q), kv), jnp.arange(R - 1))
-    carry, last = compute(carry, kv, R - 1)
+    carry, last, _ = compute(carry, kv, R - 1, None)  # the last shard goes nowhere
     return carry, jnp.concatenate([counts, last[None]])
+
+
+def _pass_on(axis_name: str, num_shards: int):
+    """Blocks to the next device on the ring; returns those from the previous one."""
+    perm = [(i, (i + 1) % num_shards) for i in range(num_shards)]
+    return lambda blocks: jax.lax.ppermute(blocks, axis_name, perm)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
@@ -122,9 +124,9 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     do_t = split_heads(do, k.shape[2])  # token-major: blocks are transposed one at a time
     delta = delta_of(split_heads(out, k.shape[2]), do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
-    perm = _ring_perm(R)
+    pass_on = _pass_on(axis_name, R)
 
-    def accumulate(kv, step, acc):
+    def accumulate(grads, kv, step, pass_kv):
         k_cur, v_cur, seg_cur = kv
         k_side = Shard(layout_positions(layout, (r - step) % R, R, C), seg_cur)
         return attend_shard_bwd(
@@ -136,24 +138,21 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             delta,
             q_side,
             k_side,
-            acc,
+            grads,
             causal=causal,
             block_q=query_tile(b, do.shape[2]),
             block_k=b,
-        )
+            pass_kv=pass_kv,
+            pass_dkv=pass_on,  # dK/dV travel with their K/V block; after the last step they
+        )  # arrive back at their owner
 
     def step_fn(state, step):
-        dq, kv, (dk, dv) = state
-        kv_next = jax.lax.ppermute(kv, axis_name, perm)  # issued before this step's compute
-        dq, dk, dv = accumulate(kv, step, (dq, dk, dv))
-        dkv = jax.lax.ppermute((dk, dv), axis_name, perm)  # travels with its K/V shard
-        return (dq, kv_next, dkv), None
+        return accumulate(*state, step, pass_on), None
 
     f32 = lambda x: full_after(do, x.shape, 0.0, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    state = (f32(do_t), (k, v, segment_ids), (f32(k), f32(v)))
-    (dq, kv, (dk, dv)), _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
-    dq, dk, dv = accumulate(kv, R - 1, (dq, dk, dv))
-    dk, dv = jax.lax.ppermute((dk, dv), axis_name, perm)  # back to the owner
+    state = ((f32(do_t), f32(k), f32(v)), (k, v, segment_ids))
+    state, _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
+    (dq, dk, dv), _ = accumulate(*state, R - 1, None)
     dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
     return dq, dk.astype(k.dtype), dv.astype(v.dtype), None
 
