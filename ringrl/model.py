@@ -30,6 +30,7 @@ from ringrl.ops import (
 )
 from ringrl.ops.feedforward import blockwise_map
 from ringrl.ops.remat import remat
+from ringrl.parallel import make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,12 +187,6 @@ class Block(nnx.Module):
         return blockwise(residuals, x_BLD, out_BLF, with_index=True)
 
 
-def _default_mesh() -> Mesh:
-    from ringrl.parallel import make_mesh
-
-    return make_mesh(data=1, seq=-1)
-
-
 def _shards(cfg: TransformerConfig, mesh: Mesh | None) -> int:
     """How many ``"seq"`` shards the position-wise blocks are walked in (ring only)."""
     return mesh.shape["seq"] if (mesh is not None and cfg.attention == "ring") else 1
@@ -229,7 +224,7 @@ class Transformer(nnx.Module):
         x_BLD = x_BLD.astype(jnp.float32)
         layout = self.ring_layout(mesh)
         if layout is not None:
-            mesh = mesh or _default_mesh()
+            mesh = mesh or make_mesh()
         relayout = layout is not None and sequence_order == "natural"
         if relayout:  # once for the whole model, not at every attention call
             x_BLD = to_ring_layout(x_BLD, mesh, layout)
@@ -258,7 +253,7 @@ class Transformer(nnx.Module):
         if self.cfg.attention != "ring":
             return None
         layout = ring_layout(self.cfg.causal)
-        devices = (mesh or _default_mesh()).shape["seq"]
+        devices = (mesh or make_mesh()).shape["seq"]
         return None if layout == "contiguous" or devices == 1 else layout
 
 
