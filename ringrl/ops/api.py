@@ -158,9 +158,9 @@ def ring_attention_laid_out(
     block_size: int = 512,
 ) -> Array:
     """Ring attention over global arrays already in ``layout`` order (:func:`to_ring_layout`,
-    applied to q, k, v and segment ids alike); the output is in the same order. Same result as
-    ``from_ring_layout(attention(natural q, k, v, impl="ring"), ...)`` without moving the
-    sequence around the ring at every call."""
+    applied to q, k, v and segment ids alike); the output is in the same order: it equals
+    ``to_ring_layout(attention(q, k, v, impl="ring", ...), mesh, layout)`` of the natural-order
+    inputs, without reordering the sequence at every call."""
     check_shapes(q, k, v, segment_ids)
     return _sharded_ring(
         ring_attention,
