@@ -222,9 +222,9 @@ class Transformer(nnx.Module):
         if sequence_order not in ("natural", "ring"):
             raise ValueError(f"sequence_order must be 'natural' or 'ring', got {sequence_order!r}")
         x_BLD = x_BLD.astype(jnp.float32)
+        if self.cfg.attention == "ring":
+            mesh = mesh or make_mesh()  # resolved once: ring_layout and every layer use it
         layout = self.ring_layout(mesh)
-        if layout is not None:
-            mesh = mesh or make_mesh()
         relayout = layout is not None and sequence_order == "natural"
         if relayout:  # once for the whole model, not at every attention call
             x_BLD = to_ring_layout(x_BLD, mesh, layout)
