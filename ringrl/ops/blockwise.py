@@ -113,44 +113,83 @@ def _put(x: Array, block: Array, i: Array, size: int, axis: int) -> Array:
 SKIP, FULL, MASKED = 0, 1, 2  # what a block pair needs: nothing, no mask, the mask
 
 
-def _block_kind(qp_q: Array, kp_s: Array, qs_Bq: Array, ks_Bs: Array, causal: bool) -> Array:
-    """``SKIP`` when the mask hides the whole block pair (causally, or all padding), ``FULL``
-    when it hides nothing (one segment per row on both sides, entirely in the past), else
-    ``MASKED``. Decided from positions and segment ids only (a few reductions per block)."""
-    hidden = jnp.all(qs_Bq < 0) | jnp.all(ks_Bs < 0)
+class SpanStats(NamedTuple):
+    """Per block (or query tile) of a side: the facts that decide whether a pair is skipped."""
+
+    pos_min: Array  # int32 [n]
+    pos_max: Array  # int32 [n]
+    seg_min: Array  # int32 [B, n]
+    seg_max: Array  # int32 [B, n]
+
+
+def span_stats(side: Shard, size: int) -> SpanStats:
+    """Positions and segment-id extremes of each run of ``size`` positions of ``side``."""
+    B, L = side.seg_BL.shape
+    pos_nz, seg_Bnz = side.pos_L.reshape(L // size, size), side.seg_BL.reshape(B, L // size, size)
+    return SpanStats(pos_nz.min(1), pos_nz.max(1), seg_Bnz.min(2), seg_Bnz.max(2))
+
+
+def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
+    """What each (query tile, key block) pair needs, ``[num_tiles, num_blocks]`` int32.
+
+    ``SKIP`` when the mask hides the whole pair (causally, or all padding on one side),
+    ``FULL`` when it hides nothing (one segment per row on both sides, the same one, entirely
+    in the past), else ``MASKED``. One small vectorised computation per shard pair, instead of
+    a handful of tiny reductions per block pair.
+    """
+    hidden = (q.seg_max < 0).all(0)[:, None] | (k.seg_max < 0).all(0)[None, :]
     if causal:
-        hidden |= qp_q.max() < kp_s.min()
-    one_segment = (
-        (qs_Bq.min(1) == qs_Bq.max(1))
-        & (ks_Bs.min(1) == ks_Bs.max(1))
-        & (qs_Bq[:, 0] == ks_Bs[:, 0])
-        & (qs_Bq[:, 0] >= 0)
-    ).all()
-    seen = (qp_q.min() >= kp_s.max()) if causal else jnp.bool_(True)
-    return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED))
+        hidden |= q.pos_max[:, None] < k.pos_min[None, :]
+    q_one = (q.seg_min == q.seg_max) & (q.seg_min >= 0)  # [B, nq]: one real segment
+    k_one = k.seg_min == k.seg_max
+    same = q.seg_min[:, :, None] == k.seg_min[:, None, :]
+    one_segment = (q_one[:, :, None] & k_one[:, None, :] & same).all(0)
+    seen = (q.pos_min[:, None] >= k.pos_max[None, :]) if causal else jnp.bool_(True)
+    return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED)).astype(jnp.int32)
+
+
+def _rows(x_BKGq_: Array) -> Array:
+    """``[B, K, G, q, ...] -> [B, K, G*q, ...]``: the query heads that share a kv head and
+    their rows form one matmul dimension (a free reshape; einsums over a separate ``g`` axis
+    make XLA's CPU backend copy every score tile between layouts)."""
+    B, K, G, q = x_BKGq_.shape[:4]
+    return x_BKGq_.reshape(B, K, G * q, *x_BKGq_.shape[4:])
+
+
+def _dot(spec: str, a: Array, b: Array, f: jnp.dtype) -> Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=f)
 
 
 def _scores(q_BKGqD: Array, k_BKsD: Array, mask_Bqs: Array | None) -> Array:
-    """Scores of a block pair (q is pre-scaled), float32, masked entries -inf."""
-    f = stats_dtype(q_BKGqD.dtype)
-    s_BKGqs = jnp.einsum("bkgqd,bksd->bkgqs", q_BKGqD, k_BKsD, preferred_element_type=f)
+    """Scores ``[B, K, G*q, s]`` of a block pair (q is pre-scaled), float32, masked -inf.
+
+    Score-sized arrays stay 4-D (rows merged, :func:`_rows`): a size-1 ``G`` axis in them
+    makes XLA's CPU backend copy each score tile between two layouts of the same bytes."""
+    B, K, G, q, _ = q_BKGqD.shape
+    s_BKMs = _dot("bkmd,bksd->bkms", _rows(q_BKGqD), k_BKsD, stats_dtype(q_BKGqD.dtype))
     if mask_Bqs is None:
-        return s_BKGqs
-    return jnp.where(mask_Bqs[:, None, None], s_BKGqs, -jnp.inf)
+        return s_BKMs
+    mask_B1Ms = jnp.broadcast_to(mask_Bqs[:, None, None], (B, 1, G, *mask_Bqs.shape[1:]))
+    return jnp.where(_rows(mask_B1Ms), s_BKMs, -jnp.inf)
 
 
 def _online_update(carry: Carry, q_BKGqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
-    o, m, denom = carry
-    s_BKGqs = _scores(q_BKGqD, k_BKsD, mask_Bqs)
-    m_new = jnp.maximum(m, s_BKGqs.max(-1))
+    o_BKMD, m_BKM, denom_BKM = (_rows(x) for x in carry)
+    s_BKMs = _scores(q_BKGqD, k_BKsD, mask_Bqs)
+    m_new = jnp.maximum(m_BKM, s_BKMs.max(-1))
     m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    p_BKGqs = jnp.exp(s_BKGqs - m_safe[..., None])
-    correction = jnp.exp(m - m_safe)  # 0 while the row has seen nothing (m = -inf)
-    denom = denom * correction + p_BKGqs.sum(-1)
-    pv_BKGqD = jnp.einsum(
-        "bkgqs,bksd->bkgqd", p_BKGqs.astype(v_BKsD.dtype), v_BKsD, preferred_element_type=o.dtype
-    )
-    return Carry(o * correction[..., None] + pv_BKGqD, m_new, denom)
+    p_BKMs = jnp.exp(s_BKMs - m_safe[..., None])
+    correction = jnp.exp(m_BKM - m_safe)  # 0 while the row has seen nothing (m = -inf)
+    denom_BKM = denom_BKM * correction + p_BKMs.sum(-1)
+    pv_BKMD = _dot("bkms,bksd->bkmd", p_BKMs.astype(v_BKsD.dtype), v_BKsD, o_BKMD.dtype)
+    new = (o_BKMD * correction[..., None] + pv_BKMD, m_new, denom_BKM)
+    return Carry(*(x.reshape(c.shape) for x, c in zip(new, carry, strict=True)))
+
+
+def _tile_mask(q_side: Shard, i: Array, size: int, kp_s: Array, ks_Bs: Array, causal: bool):
+    """The ``[B, q, s]`` mask of query tile ``i`` against a key block (masked pairs only)."""
+    qp, qs = _get(q_side.pos_L, i, size, 0), _get(q_side.seg_BL, i, size, 1)
+    return attention_mask(qp, kp_s, qs, ks_Bs, causal=causal)
 
 
 Blocks = tuple[Array, ...]
@@ -176,7 +215,7 @@ def attend_shard(
     are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
     tiles the inner one; blocks and carry tiles are read and written in place with dynamic
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
-    (:func:`_block_kind`).
+    (:func:`block_kinds`, decided for all pairs before the loops).
 
     ``pass_on`` (ring attention): called with key block j's token-major ``(k, v, segment ids)``
     before block j is computed; what it returns (the previous device's block j) is written
@@ -187,20 +226,19 @@ def attend_shard(
     ``(k, v, segment ids)`` held at the end (the next shard when ``pass_on`` is given).
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
     def per_k_block(j, state):
-        carry, count, kv = state
+        carry, kv = state
         k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
         arrived = None if pass_on is None else pass_on((k_raw, v_raw, ks))  # before compute
         kp = _get(k_side.pos_L, j, block_k, 0)
         k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
-        def per_q_tile(i, state):
-            carry, count = state
-            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
+        def per_q_tile(i, carry):
             q_blk = _get(q_BKGQD, i, block_q, 3)
-            mask = lambda: attention_mask(qp, kp, qs, ks, causal=causal)  # noqa: E731
-            kind = _block_kind(qp, kp, qs, ks, causal)
+            mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
+            kind = kinds[i, j]
             c = jax.lax.switch(
                 kind,
                 [
@@ -210,31 +248,25 @@ def attend_shard(
                 ],
                 Carry(*(_get(x, i, block_q, 3) for x in carry)),
             )
-            carry = Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
-            return carry, count + (kind != SKIP).astype(jnp.int32)
+            return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
 
-        carry, count = jax.lax.fori_loop(0, num_q, per_q_tile, (carry, count))
+        carry = jax.lax.fori_loop(0, num_q, per_q_tile, carry)
         if arrived is not None:
             kv = tuple(_put(x, y, j, block_k, 1) for x, y in zip(kv, arrived, strict=True))
-        return carry, count, kv
+        return carry, kv
 
-    state = (carry, jnp.int32(0), (k_BSKD, v_BSKD, k_side.seg_BL))
-    return jax.lax.fori_loop(0, num_k, per_k_block, state)
+    carry, kv = jax.lax.fori_loop(0, num_k, per_k_block, (carry, (k_BSKD, v_BSKD, k_side.seg_BL)))
+    return carry, (kinds != SKIP).sum(dtype=jnp.int32), kv
 
 
-def _add_dot(acc: Array, spec: str, out: str, a: Array, b: Array) -> Array:
-    """``acc + einsum(spec, a, b)`` with the result transposed to ``out`` (token-major).
-
-    float32 operands: one dot that writes ``out`` directly (fewest live score-sized buffers).
-    Lower precision: the dot in its natural order, then the small transpose (XLA's CPU runtime
-    has no bf16 x bf16 -> f32 dot with a transposed output).
-    """
-    f = acc.dtype
+def _token_major_dot(spec: str, a: Array, b: Array, f: jnp.dtype) -> Array:
+    """``einsum(spec + "->bskd")``: a dk/dv block written token-major. float32: one dot that
+    writes it directly (on CPU as fast as the heads-major dot); lower precision: the dot
+    heads-major, then the small transpose (XLA's CPU runtime has no bf16 x bf16 -> f32 dot
+    with a transposed output)."""
     if a.dtype == jnp.float32:
-        return acc + jnp.einsum(f"{spec.split('->')[0]}->{out}", a, b, preferred_element_type=f)
-    natural = spec.split("->")[1]
-    block = jnp.einsum(spec, a, b, preferred_element_type=f)
-    return acc + jnp.transpose(block, [natural.index(c) for c in out])
+        return _dot(f"{spec}->bskd", a, b, f)
+    return jnp.moveaxis(_dot(f"{spec}->bksd", a, b, f), 1, 2)
 
 
 def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
@@ -243,18 +275,22 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     Inputs heads-major; the gradient blocks are token-major (``[B, q, K, G, D]``,
     ``[B, s, K, D]``) so that the shard-sized accumulators need no transposed copy.
     With q pre-scaled: ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q and
-    dq = ds k (the caller applies the scale to dq once at the end).
+    dq = ds k (the caller applies the scale to dq once at the end). dq is computed heads-major
+    and its small block transposed: on CPU a dot that writes ``[q, heads, D]`` directly runs
+    at half the speed.
     """
     dq_blk, dk_blk, dv_blk = state
     f = dk_blk.dtype
-    p_BKGqs = jnp.exp(_scores(q_blk, k_blk, mask) - lse[..., None])
-    dp_BKGqs = jnp.einsum("bkgqd,bksd->bkgqs", do_blk, v_blk, preferred_element_type=f)
-    ds_BKGqs = p_BKGqs * (dp_BKGqs - delta[..., None])
-    p_lo, ds_lo = p_BKGqs.astype(do_blk.dtype), ds_BKGqs.astype(q_blk.dtype)
-    dv_blk = _add_dot(dv_blk, "bkgqs,bkgqd->bksd", "bskd", p_lo, do_blk)
-    dk_blk = _add_dot(dk_blk, "bkgqs,bkgqd->bksd", "bskd", ds_lo, q_blk)
-    dq_blk = _add_dot(dq_blk, "bkgqs,bksd->bkgqd", "bqkgd", ds_lo, k_blk)
-    return dq_blk, dk_blk, dv_blk
+    B, K, G, q, D = q_blk.shape
+    p_BKMs = jnp.exp(_scores(q_blk, k_blk, mask) - _rows(lse)[..., None])
+    do_BKMD = _rows(do_blk)
+    dp_BKMs = _dot("bkmd,bksd->bkms", do_BKMD, v_blk, f)
+    ds_BKMs = p_BKMs * (dp_BKMs - _rows(delta)[..., None])
+    p_BKMs, ds_BKMs = p_BKMs.astype(do_blk.dtype), ds_BKMs.astype(q_blk.dtype)
+    dv_blk = dv_blk + _token_major_dot("bkms,bkmd", p_BKMs, do_BKMD, f)
+    dk_blk = dk_blk + _token_major_dot("bkms,bkmd", ds_BKMs, _rows(q_blk), f)
+    dq_BKGqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(B, K, G, q, D)
+    return dq_blk + jnp.moveaxis(dq_BKGqD, 3, 1), dk_blk, dv_blk
 
 
 def attend_shard_bwd(
@@ -290,6 +326,7 @@ def attend_shard_bwd(
     Returns ``(dq, dk, dv)`` and the key shard ``(k, v, segment ids)`` held at the end.
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
     def per_k_block(j, state):
         dq, dk, dv, kv = state
@@ -300,7 +337,6 @@ def attend_shard_bwd(
 
         def per_q_block(i, state):
             dq, dk_blk, dv_blk = state
-            qp, qs = _get(q_side.pos_L, i, block_q, 0), _get(q_side.seg_BL, i, block_q, 1)
             q_blk = _get(q_BKGQD, i, block_q, 3)
             do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
             lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
@@ -309,14 +345,14 @@ def attend_shard_bwd(
                     q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
                 )
             )
-            kind = _block_kind(qp, kp, qs, ks, causal)
+            kind = kinds[i, j]
             blk = (_get(dq, i, block_q, 1), dk_blk, dv_blk)
             dq_blk, dk_blk, dv_blk = jax.lax.switch(
                 kind,
                 [
                     lambda s: s,
                     grads(None),
-                    lambda s: grads(attention_mask(qp, kp, qs, ks, causal=causal))(s),
+                    lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
                 ],
                 blk,
             )

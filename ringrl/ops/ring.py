@@ -26,6 +26,7 @@ Layouts say which global positions a device holds (``R`` devices, local length `
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -97,9 +98,35 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
 
 
 def _pass_on(axis_name: str, num_shards: int):
-    """Blocks to the next device on the ring; returns those from the previous one."""
+    """Blocks to the next device on the ring; returns those from the previous one.
+
+    The blocks travel packed in one buffer: one ``ppermute`` (one rendezvous of all devices)
+    per pass instead of one per array.
+    """
     perm = [(i, (i + 1) % num_shards) for i in range(num_shards)]
-    return lambda blocks: jax.lax.ppermute(blocks, axis_name, perm)
+    return lambda blocks: _unpack(jax.lax.ppermute(_pack(blocks), axis_name, perm), blocks)
+
+
+def _word(blocks) -> jnp.dtype:
+    """The widest unsigned type whose size divides every block's item size."""
+    size = functools.reduce(math.gcd, (jnp.dtype(b.dtype).itemsize for b in blocks))
+    return jnp.dtype(f"uint{8 * size}")
+
+
+def _pack(blocks) -> Array:
+    word = _word(blocks)
+    return jnp.concatenate([jax.lax.bitcast_convert_type(b, word).ravel() for b in blocks])
+
+
+def _unpack(packed: Array, like) -> tuple[Array, ...]:
+    word, out, start = _word(like), [], 0
+    for b in like:
+        ratio = jnp.dtype(b.dtype).itemsize // word.itemsize
+        n = b.size * ratio
+        words = packed[start : start + n].reshape(b.shape + ((ratio,) if ratio > 1 else ()))
+        out.append(jax.lax.bitcast_convert_type(words, b.dtype))
+        start += n
+    return tuple(out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
