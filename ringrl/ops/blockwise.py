@@ -14,13 +14,11 @@ and passed around the ring) is unchanged by it.
 The shard-level functions here (:func:`attend_shard`, :func:`attend_shard_bwd`) also power ring
 attention: a ring step is one call with the key/value shard currently held.
 
-Shape suffixes: B batch, Q/S query/key positions, q/s positions within a block, H query
-heads, K kv heads, G = H / K query heads per kv head, M = G*q rows of one block product, D head
-dim. Queries are kept heads-major (``[B, H, Q, D]``, q pre-scaled by ``head_dim ** -0.5``); keys
-and values stay token-major (``[B, S, K, D]``) and each block is transposed to ``[B, K, s, D]``
-when loaded, so every block product is one batched matmul over ``[B, K]`` with the ``G``
-query heads of a kv head stacked as rows, and no heads-major copy of k, v or the output is kept
-for the backward pass.
+Shape suffixes: B batch, Q/S query/key positions, q/s positions within a block, K kv heads,
+G query heads per kv head, D head dim. Queries are kept heads-major (``[B, K, G, Q, D]``, q
+pre-scaled by ``head_dim ** -0.5``); keys and values stay token-major (``[B, S, K, D]``) and each
+block is transposed to ``[B, K, s, D]`` when loaded, so every block product is a plain batched
+matmul and no heads-major copy of k, v or the output is kept for the backward pass.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from ringrl.ops.reference import (
     attention_mask,
     check_shapes,
     segments_or_zeros,
+    split_heads,
     stats_dtype,
 )
 from ringrl.ops.remat import full_after
@@ -52,19 +51,20 @@ class Shard(NamedTuple):
 class Carry(NamedTuple):
     """Online-softmax state for all queries of a shard (heads-major, float32)."""
 
-    o_BHQD: Array  # unnormalised output
-    m_BHQ: Array  # running max of the scores
-    l_BHQ: Array  # running softmax denominator
+    o_BKGQD: Array  # unnormalised output
+    m_BKGQ: Array  # running max of the scores
+    l_BKGQ: Array  # running softmax denominator
 
 
-def heads_major(x_BQHD: Array) -> Array:
-    """``[B, Q, H, D] -> [B, H, Q, D]``: the kernel's layout, one batched matmul per block."""
-    return jnp.moveaxis(x_BQHD, 1, 2)
+def heads_major(q_BQHD: Array, num_kv_heads: int) -> Array:
+    """``[B, Q, H, D] -> [B, K, G, Q, D]``: the kernel's layout, one batched matmul per block."""
+    return jnp.moveaxis(split_heads(q_BQHD, num_kv_heads), 1, 3)
 
 
-def tokens_major(x_BHQD: Array) -> Array:
-    """``[B, H, Q, D] -> [B, Q, H, D]`` (inverse of :func:`heads_major`)."""
-    return jnp.moveaxis(x_BHQD, 2, 1)
+def tokens_major(x_BKGQD: Array) -> Array:
+    """``[B, K, G, Q, D] -> [B, Q, H, D]`` (inverse of :func:`heads_major`)."""
+    B, K, G, Q, D = x_BKGQD.shape
+    return jnp.moveaxis(x_BKGQD, 3, 1).reshape(B, Q, K * G, D)
 
 
 def softmax_scale(q: Array) -> Array:
@@ -75,29 +75,29 @@ def kernel_inputs(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
     """``q, k, v`` token-major -> the kernel's inputs: q pre-scaled and heads-major; k and v
     as they are (token-major: each key/value block is transposed when it is loaded, so no
     shard-sized heads-major copy of them is ever kept)."""
-    return heads_major(q * softmax_scale(q).astype(q.dtype)), k, v
+    return heads_major(q * softmax_scale(q).astype(q.dtype), k.shape[2]), k, v
 
 
-def init_carry(q_BHQD: Array) -> Carry:
-    B, H, Q, D = q_BHQD.shape
-    f = stats_dtype(q_BHQD.dtype)
+def init_carry(q_BKGQD: Array) -> Carry:
+    B, K, G, Q, D = q_BKGQD.shape
+    f = stats_dtype(q_BKGQD.dtype)
     return Carry(  # created only once q exists (see ringrl.ops.remat)
-        full_after(q_BHQD, (B, H, Q, D), 0.0, f),
-        full_after(q_BHQD, (B, H, Q), -jnp.inf, f),
-        full_after(q_BHQD, (B, H, Q), 0.0, f),
+        full_after(q_BKGQD, (B, K, G, Q, D), 0.0, f),
+        full_after(q_BKGQD, (B, K, G, Q), -jnp.inf, f),
+        full_after(q_BKGQD, (B, K, G, Q), 0.0, f),
     )
 
 
 def finalize(carry: Carry, dtype: jnp.dtype) -> tuple[Array, Array]:
-    """Normalise: returns (out ``[B, H, Q, D]`` in ``dtype``, lse ``[B, H, Q]``).
+    """Normalise: returns (out ``[B, K, G, Q, D]`` in ``dtype``, lse ``[B, K, G, Q]``).
 
     Rows that attended nothing get output 0 and lse = +inf (so that ``exp(s - lse) == 0`` in the
     backward pass, never NaN).
     """
     o, m, denom = carry
     nonempty = denom > 0
-    lse_BHQ = jnp.where(nonempty, m + jnp.log(jnp.where(nonempty, denom, 1.0)), jnp.inf)
-    return (o / jnp.where(nonempty, denom, 1.0)[..., None]).astype(dtype), lse_BHQ
+    lse_BKGQ = jnp.where(nonempty, m + jnp.log(jnp.where(nonempty, denom, 1.0)), jnp.inf)
+    return (o / jnp.where(nonempty, denom, 1.0)[..., None]).astype(dtype), lse_BKGQ
 
 
 def _get(x: Array, i: Array, size: int, axis: int) -> Array:
@@ -148,33 +148,34 @@ def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
     return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED)).astype(jnp.int32)
 
 
-def _rows(x_BHq_: Array, num_kv_heads: int) -> Array:
-    """``[B, H, q, ...] -> [B, K, G*q, ...]``: the query heads that share a kv head and
-    their rows form one matmul dimension (a free reshape). Kept 4-D on purpose: a separate,
-    size-1 ``G`` axis makes XLA's CPU backend copy tiles between two layouts of the same
-    bytes."""
-    B, H, q = x_BHq_.shape[:3]
-    return x_BHq_.reshape(B, num_kv_heads, H // num_kv_heads * q, *x_BHq_.shape[3:])
+def _rows(x_BKGq_: Array) -> Array:
+    """``[B, K, G, q, ...] -> [B, K, G*q, ...]``: the query heads that share a kv head and
+    their rows form one matmul dimension (a free reshape; einsums over a separate ``g`` axis
+    make XLA's CPU backend copy every score tile between layouts)."""
+    B, K, G, q = x_BKGq_.shape[:4]
+    return x_BKGq_.reshape(B, K, G * q, *x_BKGq_.shape[4:])
 
 
 def _dot(spec: str, a: Array, b: Array, f: jnp.dtype) -> Array:
     return jnp.einsum(spec, a, b, preferred_element_type=f)
 
 
-def _scores(q_BHqD: Array, k_BKsD: Array, mask_Bqs: Array | None) -> Array:
-    """Scores ``[B, K, G*q, s]`` of a block pair (q is pre-scaled), float32, masked -inf."""
-    B, H, q, _ = q_BHqD.shape
-    K = k_BKsD.shape[1]
-    s_BKMs = _dot("bkmd,bksd->bkms", _rows(q_BHqD, K), k_BKsD, stats_dtype(q_BHqD.dtype))
+def _scores(q_BKGqD: Array, k_BKsD: Array, mask_Bqs: Array | None) -> Array:
+    """Scores ``[B, K, G*q, s]`` of a block pair (q is pre-scaled), float32, masked -inf.
+
+    Score-sized arrays stay 4-D (rows merged, :func:`_rows`): a size-1 ``G`` axis in them
+    makes XLA's CPU backend copy each score tile between two layouts of the same bytes."""
+    B, K, G, q, _ = q_BKGqD.shape
+    s_BKMs = _dot("bkmd,bksd->bkms", _rows(q_BKGqD), k_BKsD, stats_dtype(q_BKGqD.dtype))
     if mask_Bqs is None:
         return s_BKMs
-    mask_B1Ms = jnp.broadcast_to(mask_Bqs[:, None], (B, H // K, *mask_Bqs.shape[1:]))
-    return jnp.where(_rows(mask_B1Ms, 1), s_BKMs, -jnp.inf)
+    mask_B1Ms = jnp.broadcast_to(mask_Bqs[:, None, None], (B, 1, G, *mask_Bqs.shape[1:]))
+    return jnp.where(_rows(mask_B1Ms), s_BKMs, -jnp.inf)
 
 
-def _online_update(carry: Carry, q_BHqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
-    o_BKMD, m_BKM, denom_BKM = (_rows(x, k_BKsD.shape[1]) for x in carry)
-    s_BKMs = _scores(q_BHqD, k_BKsD, mask_Bqs)
+def _online_update(carry: Carry, q_BKGqD, k_BKsD, v_BKsD, mask_Bqs) -> Carry:
+    o_BKMD, m_BKM, denom_BKM = (_rows(x) for x in carry)
+    s_BKMs = _scores(q_BKGqD, k_BKsD, mask_Bqs)
     m_new = jnp.maximum(m_BKM, s_BKMs.max(-1))
     m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
     p_BKMs = jnp.exp(s_BKMs - m_safe[..., None])
@@ -197,7 +198,7 @@ PassOn = Callable[[Blocks], Blocks]  # sends blocks to the next device, returns 
 
 def attend_shard(
     carry: Carry,
-    q_BHQD: Array,
+    q_BKGQD: Array,
     k_BSKD: Array,
     v_BSKD: Array,
     q_side: Shard,
@@ -210,7 +211,7 @@ def attend_shard(
 ) -> tuple[Carry, Array, tuple[Array, Array, Array]]:
     """Fold the key/value shard into every query's online-softmax state.
 
-    ``q_BHQD`` is heads-major and pre-scaled by ``head_dim ** -0.5``; ``k_BSKD``, ``v_BSKD``
+    ``q_BKGQD`` is heads-major and pre-scaled by ``head_dim ** -0.5``; ``k_BSKD``, ``v_BSKD``
     are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
     tiles the inner one; blocks and carry tiles are read and written in place with dynamic
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
@@ -224,7 +225,7 @@ def attend_shard(
     Returns the new carry, the number of block pairs computed (int32) and the key shard
     ``(k, v, segment ids)`` held at the end (the next shard when ``pass_on`` is given).
     """
-    num_q, num_k = q_BHQD.shape[2] // block_q, k_BSKD.shape[1] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
     def per_k_block(j, state):
@@ -235,7 +236,7 @@ def attend_shard(
         k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
         def per_q_tile(i, carry):
-            q_blk = _get(q_BHQD, i, block_q, 2)
+            q_blk = _get(q_BKGQD, i, block_q, 3)
             mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
             kind = kinds[i, j]
             c = jax.lax.switch(
@@ -245,9 +246,9 @@ def attend_shard(
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
                 ],
-                Carry(*(_get(x, i, block_q, 2) for x in carry)),
+                Carry(*(_get(x, i, block_q, 3) for x in carry)),
             )
-            return Carry(*(_put(x, y, i, block_q, 2) for x, y in zip(carry, c, strict=True)))
+            return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
 
         carry = jax.lax.fori_loop(0, num_q, per_q_tile, carry)
         if arrived is not None:
@@ -271,7 +272,7 @@ def _token_major_dot(spec: str, a: Array, b: Array, f: jnp.dtype) -> Array:
 def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     """One block pair's contributions to (dq block, dk block, dv block), all float32.
 
-    Inputs heads-major; the gradient blocks are token-major (``[B, q, H, D]``,
+    Inputs heads-major; the gradient blocks are token-major (``[B, q, K, G, D]``,
     ``[B, s, K, D]``) so that the shard-sized accumulators need no transposed copy.
     With q pre-scaled: ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q and
     dq = ds k (the caller applies the scale to dq once at the end). dq is computed heads-major
@@ -280,25 +281,25 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     """
     dq_blk, dk_blk, dv_blk = state
     f = dk_blk.dtype
-    K = k_blk.shape[1]
-    p_BKMs = jnp.exp(_scores(q_blk, k_blk, mask) - _rows(lse, K)[..., None])
-    do_BKMD = _rows(do_blk, K)
+    B, K, G, q, D = q_blk.shape
+    p_BKMs = jnp.exp(_scores(q_blk, k_blk, mask) - _rows(lse)[..., None])
+    do_BKMD = _rows(do_blk)
     dp_BKMs = _dot("bkmd,bksd->bkms", do_BKMD, v_blk, f)
-    ds_BKMs = p_BKMs * (dp_BKMs - _rows(delta, K)[..., None])
+    ds_BKMs = p_BKMs * (dp_BKMs - _rows(delta)[..., None])
     p_BKMs, ds_BKMs = p_BKMs.astype(do_blk.dtype), ds_BKMs.astype(q_blk.dtype)
     dv_blk = dv_blk + _token_major_dot("bkms,bkmd", p_BKMs, do_BKMD, f)
-    dk_blk = dk_blk + _token_major_dot("bkms,bkmd", ds_BKMs, _rows(q_blk, K), f)
-    dq_BHqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(q_blk.shape)
-    return dq_blk + tokens_major(dq_BHqD), dk_blk, dv_blk
+    dk_blk = dk_blk + _token_major_dot("bkms,bkmd", ds_BKMs, _rows(q_blk), f)
+    dq_BKGqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(B, K, G, q, D)
+    return dq_blk + jnp.moveaxis(dq_BKGqD, 3, 1), dk_blk, dv_blk
 
 
 def attend_shard_bwd(
-    q_BHQD: Array,
+    q_BKGQD: Array,
     k_BSKD: Array,
     v_BSKD: Array,
-    do_BQHD: Array,
-    lse_BHQ: Array,
-    delta_BHQ: Array,
+    do_BQKGD: Array,
+    lse_BKGQ: Array,
+    delta_BKGQ: Array,
     q_side: Shard,
     k_side: Shard,
     grads: tuple[Array, Array, Array],
@@ -311,8 +312,8 @@ def attend_shard_bwd(
 ) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
-    ``q_BHQD`` is pre-scaled; k/v and ``do_BQHD`` are token-major (:func:`attend_shard`).
-    ``grads`` = token-major float32 accumulators (dq ``[B, Q, H, D]``, *unscaled*; dk, dv
+    ``q_BKGQD`` is pre-scaled; k/v and ``do_BQKGD`` are token-major (:func:`attend_shard`).
+    ``grads`` = token-major float32 accumulators (dq ``[B, Q, K, G, D]``, *unscaled*; dk, dv
     ``[B, S, K, D]``), updated in place. Blocks of ``do`` and of the gradients are transposed
     one block at a time, never a whole shard (that would cost a shard-sized copy). Recomputes
     ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
@@ -324,7 +325,7 @@ def attend_shard_bwd(
 
     Returns ``(dq, dk, dv)`` and the key shard ``(k, v, segment ids)`` held at the end.
     """
-    num_q, num_k = q_BHQD.shape[2] // block_q, k_BSKD.shape[1] // block_k
+    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
     def per_k_block(j, state):
@@ -336,9 +337,9 @@ def attend_shard_bwd(
 
         def per_q_block(i, state):
             dq, dk_blk, dv_blk = state
-            q_blk = _get(q_BHQD, i, block_q, 2)
-            do_blk = heads_major(_get(do_BQHD, i, block_q, 1))
-            lse, delta = _get(lse_BHQ, i, block_q, 2), _get(delta_BHQ, i, block_q, 2)
+            q_blk = _get(q_BKGQD, i, block_q, 3)
+            do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
+            lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
             grads = lambda mask: (
                 lambda s: _block_grads(  # noqa: E731
                     q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
@@ -370,10 +371,10 @@ def attend_shard_bwd(
     return (dq, dk, dv), kv
 
 
-def delta_of(out_BQHD: Array, do_BQHD: Array) -> Array:
-    """``delta_BHQ = rowsum(do * out)`` in float32 (both token-major)."""
-    f = stats_dtype(out_BQHD.dtype)
-    return jnp.einsum("bqhd,bqhd->bhq", out_BQHD.astype(f), do_BQHD.astype(f))
+def delta_of(out_BQKGD: Array, do_BQKGD: Array) -> Array:
+    """``delta_BKGQ = rowsum(do * out)`` in float32 (both token-major)."""
+    f = stats_dtype(out_BQKGD.dtype)
+    return jnp.einsum("bqkgd,bqkgd->bkgq", out_BQKGD.astype(f), do_BQKGD.astype(f))
 
 
 QUERY_TILE = 128  # most query rows per tile
@@ -436,24 +437,25 @@ def _blockwise_fwd(q, k, v, segment_ids, causal, block_size):
 
 def _blockwise_bwd(causal, block_size, res, do):
     q_h, k, v, segment_ids, out, lse = res
-    b = effective_block(q_h.shape[2], block_size)
+    b = effective_block(q_h.shape[3], block_size)
+    do_t = split_heads(do, k.shape[2])
     side = _sides(segment_ids)
     f32 = lambda x: full_after(do, x.shape, 0.0, stats_dtype(x.dtype))  # noqa: E731
     (dq, dk, dv), _ = attend_shard_bwd(
         q_h,
         k,
         v,
-        do,
+        do_t,
         lse,
-        delta_of(out, do),
+        delta_of(split_heads(out, k.shape[2]), do_t),
         side,
         side,
-        (f32(do), f32(k), f32(v)),
+        (f32(do_t), f32(k), f32(v)),
         causal=causal,
         block_q=query_tile(b, do.shape[2]),
         block_k=b,
     )
-    dq = (dq * softmax_scale(q_h)).astype(q_h.dtype)
+    dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
     return dq, dk.astype(k.dtype), dv.astype(v.dtype), None
 
 

@@ -45,7 +45,7 @@ from ringrl.ops.blockwise import (
     softmax_scale,
     tokens_major,
 )
-from ringrl.ops.reference import segments_or_zeros
+from ringrl.ops.reference import segments_or_zeros, split_heads
 from ringrl.ops.remat import full_after
 
 LAYOUTS = ("contiguous", "zigzag", "striped")
@@ -76,10 +76,10 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     """
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
-    C = q.shape[2]
+    C = q.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
-    tile = query_tile(b, q.shape[1])  # q is [B, H, Q, D]
+    tile = query_tile(b, q.shape[1] * q.shape[2])  # q is [B, K, G, Q, D]: heads = K * G
     attend = functools.partial(attend_shard, causal=causal, block_q=tile, block_k=b)
 
     def compute(carry, kv, step, pass_on):
@@ -146,9 +146,10 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     q_h, k, v, segment_ids, out, lse = res
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
-    C = q_h.shape[2]
+    C = q_h.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
-    delta = delta_of(out, do)  # do stays token-major: blocks are transposed one at a time
+    do_t = split_heads(do, k.shape[2])  # token-major: blocks are transposed one at a time
+    delta = delta_of(split_heads(out, k.shape[2]), do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     pass_on = _pass_on(axis_name, R)
 
@@ -159,7 +160,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             q_h,
             k_cur,
             v_cur,
-            do,
+            do_t,
             lse,
             delta,
             q_side,
@@ -176,7 +177,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
         return accumulate(*state, step, pass_on), None
 
     f32 = lambda x: full_after(do, x.shape, 0.0, jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    state = ((f32(do), f32(k), f32(v)), (k, v, segment_ids))
+    state = ((f32(do_t), f32(k), f32(v)), (k, v, segment_ids))
     state, _ = jax.lax.scan(step_fn, state, jnp.arange(R - 1))
     (dq, dk, dv), _ = accumulate(*state, R - 1, None)
     dq = (dq * softmax_scale(q_h)).reshape(do.shape).astype(q_h.dtype)
