@@ -33,6 +33,10 @@ def loss_fn(model, x, seg, mesh=None):
     return jnp.mean(((h - target) ** 2).sum(-1) * (seg >= 0))
 
 
+# compiled: run eagerly, the blockwise loops dispatch op by op and take tens of seconds
+jit_value_and_grad = nnx.jit(nnx.value_and_grad(loss_fn))
+
+
 def param_leaves(tree):
     return jax.tree.leaves(nnx.state(tree, nnx.Param))
 
@@ -59,7 +63,7 @@ def test_parameters_do_not_depend_on_attention_impl():
 def test_ring_on_data2_seq4_mesh_matches_single_device_vanilla_loss_and_grads():
     x, seg = inputs()
     model = Transformer(CFG, rngs=nnx.Rngs(0))
-    loss0, grads0 = nnx.value_and_grad(loss_fn)(model, x, seg)
+    loss0, grads0 = jit_value_and_grad(model, x, seg)
     ring = with_attention(model, "ring")
     mesh = make_mesh(data=2, seq=4)
 
@@ -79,9 +83,15 @@ def test_ring_model_on_input_already_in_ring_order_returns_output_in_that_order(
     mesh = make_mesh(data=1, seq=4)
     ring = Transformer(dataclasses.replace(CFG, attention="ring"), rngs=nnx.Rngs(0))
     assert ring.ring_layout(mesh) == "zigzag"
-    natural = ring(x, segment_ids=seg, mesh=mesh)
+    run = nnx.jit(  # compiled: eagerly the ring's loops take ~1 min
+        lambda m, x, seg, sequence_order: m(
+            x, segment_ids=seg, mesh=mesh, sequence_order=sequence_order
+        ),
+        static_argnames="sequence_order",
+    )
+    natural = run(ring, x, seg, sequence_order="natural")
     order = lambda a: to_ring_layout(a, mesh, "zigzag")  # noqa: E731
-    laid_out = ring(order(x), segment_ids=order(seg), mesh=mesh, sequence_order="ring")
+    laid_out = run(ring, order(x), order(seg), sequence_order="ring")
     np.testing.assert_allclose(laid_out, order(natural), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="sequence_order"):
         ring(x, segment_ids=seg, mesh=mesh, sequence_order="zigzag")
@@ -90,8 +100,8 @@ def test_ring_model_on_input_already_in_ring_order_returns_output_in_that_order(
 def test_blockwise_model_matches_vanilla_loss_and_grads():
     x, seg = inputs()
     model = Transformer(CFG, rngs=nnx.Rngs(0))
-    loss0, grads0 = nnx.value_and_grad(loss_fn)(model, x, seg)
-    loss1, grads1 = nnx.value_and_grad(loss_fn)(with_attention(model, "blockwise"), x, seg)
+    loss0, grads0 = jit_value_and_grad(model, x, seg)
+    loss1, grads1 = jit_value_and_grad(with_attention(model, "blockwise"), x, seg)
     np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-5)
     assert max_rel_diff(grads1, grads0) <= 1e-4
 
@@ -100,8 +110,8 @@ def test_rematerialisation_does_not_change_gradients():
     x, seg = inputs()
     with_remat = Transformer(CFG, rngs=nnx.Rngs(0))
     without = Transformer(dataclasses.replace(CFG, remat=False), rngs=nnx.Rngs(0))
-    _, g0 = nnx.value_and_grad(loss_fn)(with_remat, x, seg)
-    _, g1 = nnx.value_and_grad(loss_fn)(without, x, seg)
+    _, g0 = jit_value_and_grad(with_remat, x, seg)
+    _, g1 = jit_value_and_grad(without, x, seg)
     assert max_rel_diff(g0, g1) <= 1e-5
 
 
