@@ -10,7 +10,9 @@ The shard moves on one key/value block at a time: each block's ``ppermute`` to t
 device is issued before that block is computed (so XLA can overlap communication with compute),
 and what arrives from the previous device is written into the block's slot once it is done. A
 device thus holds one shard plus one block in flight, not two shards (in the backward pass the
-finished dK/dV blocks travel the same way, after their block is computed).
+finished dK/dV blocks travel the same way, after their block is computed). A block's key,
+value and segment ids (or its dK and dV) travel packed in one buffer: one ``ppermute``, one
+rendezvous of the devices, per pass.
 
 Layouts say which global positions a device holds (``R`` devices, local length ``C``):
 
