@@ -165,7 +165,7 @@ def _scores(q_BKGqD: Array, k_BKsD: Array, mask_Bqs: Array | None) -> Array:
 
     Score-sized arrays stay 4-D (rows merged, :func:`_rows`): a size-1 ``G`` axis in them
     makes XLA's CPU backend copy each score tile between two layouts of the same bytes."""
-    B, K, G, q, _ = q_BKGqD.shape
+    B, _, G = q_BKGqD.shape[:3]
     s_BKMs = _dot("bkmd,bksd->bkms", _rows(q_BKGqD), k_BKsD, stats_dtype(q_BKGqD.dtype))
     if mask_Bqs is None:
         return s_BKMs
@@ -281,7 +281,6 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     """
     dq_blk, dk_blk, dv_blk = state
     f = dk_blk.dtype
-    B, K, G, q, D = q_blk.shape
     p_BKMs = jnp.exp(_scores(q_blk, k_blk, mask) - _rows(lse)[..., None])
     do_BKMD = _rows(do_blk)
     dp_BKMs = _dot("bkmd,bksd->bkms", do_BKMD, v_blk, f)
@@ -289,7 +288,7 @@ def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
     p_BKMs, ds_BKMs = p_BKMs.astype(do_blk.dtype), ds_BKMs.astype(q_blk.dtype)
     dv_blk = dv_blk + _token_major_dot("bkms,bkmd", p_BKMs, do_BKMD, f)
     dk_blk = dk_blk + _token_major_dot("bkms,bkmd", ds_BKMs, _rows(q_blk), f)
-    dq_BKGqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(B, K, G, q, D)
+    dq_BKGqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(q_blk.shape)
     return dq_blk + jnp.moveaxis(dq_BKGqD, 3, 1), dk_blk, dv_blk
 
 
