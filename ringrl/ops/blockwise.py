@@ -259,37 +259,46 @@ def attend_shard(
     return carry, (kinds != SKIP).sum(dtype=jnp.int32), kv
 
 
-def _token_major_dot(spec: str, a: Array, b: Array, f: jnp.dtype) -> Array:
-    """``einsum(spec + "->bskd")``: a dk/dv block written token-major. float32: one dot that
-    writes it directly (on CPU as fast as the heads-major dot); lower precision: the dot
-    heads-major, then the small transpose (XLA's CPU runtime has no bf16 x bf16 -> f32 dot
-    with a transposed output)."""
-    if a.dtype == jnp.float32:
-        return _dot(f"{spec}->bskd", a, b, f)
-    return jnp.moveaxis(_dot(f"{spec}->bksd", a, b, f), 1, 2)
+def _scores_t(k_BKsD: Array, q_BKGqD: Array, mask_Bqs: Array | None) -> Array:
+    """Transposed scores ``[B, K, s, G*q]`` of a block pair (the backward pass's layout),
+    float32, masked -inf."""
+    B, _, G, q = q_BKGqD.shape[:4]
+    s_BKsM = _dot("bksd,bkmd->bksm", k_BKsD, _rows(q_BKGqD), stats_dtype(q_BKGqD.dtype))
+    if mask_Bqs is None:
+        return s_BKsM
+    s = mask_Bqs.shape[2]
+    mask_B1sGq = jnp.broadcast_to(jnp.swapaxes(mask_Bqs, 1, 2)[:, None, :, None], (B, 1, s, G, q))
+    return jnp.where(mask_B1sGq.reshape(B, 1, s, G * q), s_BKsM, -jnp.inf)
 
 
-def _block_grads(q_blk, k_blk, v_blk, do_blk, lse, delta, mask, state):
+def _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, state):
     """One block pair's contributions to (dq block, dk block, dv block), all float32.
 
-    Inputs heads-major; the gradient blocks are token-major (``[B, q, K, G, D]``,
-    ``[B, s, K, D]``) so that the shard-sized accumulators need no transposed copy.
-    With q pre-scaled: ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q and
-    dq = ds k (the caller applies the scale to dq once at the end). dq is computed heads-major
-    and its small block transposed: on CPU a dot that writes ``[q, heads, D]`` directly runs
-    at half the speed.
+    Inputs heads-major (``kT_blk`` is the key block as ``[B, K, D, s]``); dq comes back
+    token-major (``[B, q, K, G, D]``, the shard accumulator's layout), dk and dv heads-major
+    (``[B, K, s, D]``, accumulated over the query tiles of one key block). With q pre-scaled:
+    ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q, dv = p^T do, dq = ds k (the
+    caller applies the scale to dq once at the end).
+
+    The score-sized arrays are kept transposed (``[B, K, s, G*q]``: keys as rows), so that
+    every product contracts the last axis of its left operand. XLA's CPU backend hands only
+    such dots to YNNPACK; a dot that contracts a leading axis (``ds^T q`` in the usual
+    layout) falls back to a generic kernel that splits itself over the intra-op thread pool,
+    which is slow when the pool is shared by emulated host devices.
     """
     dq_blk, dk_blk, dv_blk = state
     f = dk_blk.dtype
-    p_BKMs = jnp.exp(_scores(q_blk, k_blk, mask) - _rows(lse)[..., None])
-    do_BKMD = _rows(do_blk)
-    dp_BKMs = _dot("bkmd,bksd->bkms", do_BKMD, v_blk, f)
-    ds_BKMs = p_BKMs * (dp_BKMs - _rows(delta)[..., None])
-    p_BKMs, ds_BKMs = p_BKMs.astype(do_blk.dtype), ds_BKMs.astype(q_blk.dtype)
-    dv_blk = dv_blk + _token_major_dot("bkms,bkmd", p_BKMs, do_BKMD, f)
-    dk_blk = dk_blk + _token_major_dot("bkms,bkmd", ds_BKMs, _rows(q_blk), f)
-    dq_BKGqD = _dot("bkms,bksd->bkmd", ds_BKMs, k_blk, f).reshape(q_blk.shape)
-    return dq_blk + jnp.moveaxis(dq_BKGqD, 3, 1), dk_blk, dv_blk
+    B, K, G, q, D = q_blk.shape
+    q_BKMD, do_BKMD = _rows(q_blk), _rows(do_blk)
+    p_BKsM = jnp.exp(_scores_t(k_blk, q_blk, mask) - _rows(lse)[:, :, None])
+    dp_BKsM = _dot("bksd,bkmd->bksm", v_blk, do_BKMD, f)
+    ds_BKsM = p_BKsM * (dp_BKsM - _rows(delta)[:, :, None])
+    p_BKsM, ds_BKsM = p_BKsM.astype(do_blk.dtype), ds_BKsM.astype(q_blk.dtype)
+    dv_blk = dv_blk + _dot("bksm,bkmd->bksd", p_BKsM, do_BKMD, f)
+    dk_blk = dk_blk + _dot("bksm,bkmd->bksd", ds_BKsM, q_BKMD, f)
+    dq_BKDM = _dot("bkds,bksm->bkdm", kT_blk, ds_BKsM, f)
+    dq_BqKGD = jnp.transpose(dq_BKDM.reshape(B, K, D, G, q), (0, 4, 1, 3, 2))
+    return dq_blk + dq_BqKGD, dk_blk, dv_blk
 
 
 def attend_shard_bwd(
@@ -332,6 +341,7 @@ def attend_shard_bwd(
         k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
         arrived = None if pass_kv is None else pass_kv((k_raw, v_raw, ks))  # before compute
         k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
+        kT_blk = jnp.transpose(k_raw, (0, 2, 3, 1))
         kp = _get(k_side.pos_L, j, block_k, 0)
 
         def per_q_block(i, state):
@@ -341,7 +351,7 @@ def attend_shard_bwd(
             lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
             grads = lambda mask: (
                 lambda s: _block_grads(  # noqa: E731
-                    q_blk, k_blk, v_blk, do_blk, lse, delta, mask, s
+                    q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s
                 )
             )
             kind = kinds[i, j]
@@ -357,8 +367,9 @@ def attend_shard_bwd(
             )
             return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
 
-        state = (dq, _get(dk, j, block_k, 1), _get(dv, j, block_k, 1))
+        state = (dq, *(jnp.moveaxis(_get(x, j, block_k, 1), 1, 2) for x in (dk, dv)))
         dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
+        dk_blk, dv_blk = jnp.moveaxis(dk_blk, 1, 2), jnp.moveaxis(dv_blk, 1, 2)
         if pass_dkv is not None:
             dk_blk, dv_blk = pass_dkv((dk_blk, dv_blk))
         if arrived is not None:
