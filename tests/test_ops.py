@@ -200,7 +200,7 @@ def test_non_causal_ring_computes_every_block_pair():
     assert np.asarray(counts).sum() == (L // BLOCK) ** 2
 
 
-def test_ring_sends_each_block_on_before_computing_it():
+def test_ring_sends_each_group_of_blocks_on_before_computing_it():
     from ringrl.ops import ring_attention
 
     q, k, v, _ = random_inputs()
@@ -218,7 +218,7 @@ def test_ring_sends_each_block_on_before_computing_it():
         e.params["jaxpr" if e.primitive.name == "scan" else "body_jaxpr"].jaxpr for e in loops
     ]
     sends_before_compute = []
-    for body in bodies:  # loops over key blocks: the body holds a ppermute and the query loop
+    for body in bodies:  # loops over groups of key blocks: a ppermute, then the block loop
         names = [e.primitive.name for e in body.eqns]
         if "ppermute" in names:
             query_loop = next(i for i, n in enumerate(names) if n in ("scan", "while"))
@@ -330,6 +330,37 @@ def test_query_tiles_smaller_than_the_block_match_float64_reference(impl, monkey
         q, k, v, impl=impl, mesh=mesh, block_size=BLOCK, segment_ids=seg
     )
     assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
+
+
+@pytest.mark.parametrize("blocks_per_pass", [1, 2, 4])
+def test_ring_passing_several_blocks_at_a_time_matches_float64_reference(
+    blocks_per_pass, monkeypatch
+):
+    from ringrl.ops import ring
+
+    # 4 devices, zigzag: a shard of 16 positions = 4 blocks of 4; each block of k, v (2 kv
+    # heads x 16) and segment ids is 2 x 4 x (2 x 2 x 16 x 4 + 4) bytes
+    block_bytes = B * BLOCK * (2 * K * D * 4 + 4)
+    monkeypatch.setattr(ring, "PASS_BYTES", blocks_per_pass * block_bytes)
+    q, k, v, ct = random_inputs(20 + blocks_per_pass)
+    assert ring.pass_blocks(k[:, : L // 4], BLOCK) == blocks_per_pass
+    seg = packed_segments()
+    mesh = make_mesh(1, 4)
+    fn = lambda q, k, v: attention(  # noqa: E731
+        q, k, v, impl="ring", mesh=mesh, block_size=BLOCK, segment_ids=seg
+    )
+    assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
+
+
+def test_blocks_per_pass_fill_the_byte_budget_and_divide_the_shard():
+    from ringrl.ops.ring import PASS_BYTES, pass_blocks
+
+    block_bytes = 512 * (2 * 4 * 32 * 4 + 4)  # batch 1, 4 kv heads x 32, float32
+    assert PASS_BYTES // block_bytes == 7
+    assert pass_blocks(jnp.zeros((1, 2048, 4, 32)), 512) == 4  # the whole shard fits
+    assert pass_blocks(jnp.zeros((1, 8192, 4, 32)), 512) == 4  # largest divisor of 16 <= 7
+    assert pass_blocks(jnp.zeros((1, 7 * 512, 4, 32)), 512) == 7
+    assert pass_blocks(jnp.zeros((1, 2048, 64, 128)), 512) == 1  # one block over the budget
 
 
 def test_query_tile_divides_the_block_and_bounds_the_score_tile():

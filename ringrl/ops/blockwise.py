@@ -208,6 +208,7 @@ def attend_shard(
     block_q: int,
     block_k: int,
     pass_on: PassOn | None = None,
+    pass_blocks: int = 1,
 ) -> tuple[Carry, Array, tuple[Array, Array, Array]]:
     """Fold the key/value shard into every query's online-softmax state.
 
@@ -217,45 +218,53 @@ def attend_shard(
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
     (:func:`block_kinds`, decided for all pairs before the loops).
 
-    ``pass_on`` (ring attention): called with key block j's token-major ``(k, v, segment ids)``
-    before block j is computed; what it returns (the previous device's block j) is written
-    into slot j once block j is done. So the shard moves on one block at a time, and only one
-    block, never a whole shard, is in flight.
+    ``pass_on`` (ring attention): the shard moves on ``pass_blocks`` key blocks at a time.
+    ``pass_on`` is called with a group's token-major ``(k, v, segment ids)`` before its blocks
+    are computed; what it returns (the previous device's group) is written into the group's
+    slot once they are done. So only one group, never a whole shard (unless the group is the
+    shard), is in flight.
 
     Returns the new carry, the number of block pairs computed (int32) and the key shard
     ``(k, v, segment ids)`` held at the end (the next shard when ``pass_on`` is given).
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    group = block_k * pass_blocks
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
-    def per_k_block(j, state):
+    def per_group(g, state):
         carry, kv = state
-        k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
-        arrived = None if pass_on is None else pass_on((k_raw, v_raw, ks))  # before compute
-        kp = _get(k_side.pos_L, j, block_k, 0)
-        k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
+        held = tuple(_get(x, g, group, 1) for x in kv)
+        arrived = None if pass_on is None else pass_on(held)  # before compute
 
-        def per_q_tile(i, carry):
-            q_blk = _get(q_BKGQD, i, block_q, 3)
-            mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
-            kind = kinds[i, j]
-            c = jax.lax.switch(
-                kind,
-                [
-                    lambda c: c,
-                    lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
-                    lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
-                ],
-                Carry(*(_get(x, i, block_q, 3) for x in carry)),
-            )
-            return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
+        def per_k_block(jj, carry):
+            j = g * pass_blocks + jj
+            k_raw, v_raw, ks = (_get(x, jj, block_k, 1) for x in held)
+            kp = _get(k_side.pos_L, j, block_k, 0)
+            k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
-        carry = jax.lax.fori_loop(0, num_q, per_q_tile, carry)
+            def per_q_tile(i, carry):
+                q_blk = _get(q_BKGQD, i, block_q, 3)
+                mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
+                c = jax.lax.switch(
+                    kinds[i, j],
+                    [
+                        lambda c: c,
+                        lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
+                        lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
+                    ],
+                    Carry(*(_get(x, i, block_q, 3) for x in carry)),
+                )
+                return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
+
+            return jax.lax.fori_loop(0, num_q, per_q_tile, carry)
+
+        carry = jax.lax.fori_loop(0, pass_blocks, per_k_block, carry)
         if arrived is not None:
-            kv = tuple(_put(x, y, j, block_k, 1) for x, y in zip(kv, arrived, strict=True))
+            kv = tuple(_put(x, y, g, group, 1) for x, y in zip(kv, arrived, strict=True))
         return carry, kv
 
-    carry, kv = jax.lax.fori_loop(0, num_k, per_k_block, (carry, (k_BSKD, v_BSKD, k_side.seg_BL)))
+    kv = (k_BSKD, v_BSKD, k_side.seg_BL)
+    carry, kv = jax.lax.fori_loop(0, num_k // pass_blocks, per_group, (carry, kv))
     return carry, (kinds != SKIP).sum(dtype=jnp.int32), kv
 
 
@@ -317,6 +326,7 @@ def attend_shard_bwd(
     block_k: int,
     pass_kv: PassOn | None = None,
     pass_dkv: PassOn | None = None,
+    pass_blocks: int = 1,
 ) -> tuple[tuple[Array, Array, Array], tuple[Array, Array, Array]]:
     """Add the gradient contributions of one query shard against one key/value shard.
 
@@ -326,58 +336,67 @@ def attend_shard_bwd(
     one block at a time, never a whole shard (that would cost a shard-sized copy). Recomputes
     ``p = exp(s - lse)`` block by block; ``delta = rowsum(do * out)``.
 
-    Ring attention passes the shard on one block at a time (see :func:`attend_shard`):
-    ``pass_kv`` gets key block j's ``(k, v, segment ids)`` before block j is computed,
-    ``pass_dkv`` its finished ``(dk, dv)`` blocks, which travel with their key block; what
-    arrives is written into slot j.
+    Ring attention passes the shard on ``pass_blocks`` blocks at a time (see
+    :func:`attend_shard`): ``pass_kv`` gets a group's ``(k, v, segment ids)`` before its blocks
+    are computed, ``pass_dkv`` the group's finished ``(dk, dv)``, which travel with their key
+    blocks; what arrives is written into the group's slot.
 
     Returns ``(dq, dk, dv)`` and the key shard ``(k, v, segment ids)`` held at the end.
     """
     num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    group = block_k * pass_blocks
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
-    def per_k_block(j, state):
+    def per_group(g, state):
         dq, dk, dv, kv = state
-        k_raw, v_raw, ks = (_get(x, j, block_k, 1) for x in kv)
-        arrived = None if pass_kv is None else pass_kv((k_raw, v_raw, ks))  # before compute
-        k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
-        kT_blk = jnp.transpose(k_raw, (0, 2, 3, 1))
-        kp = _get(k_side.pos_L, j, block_k, 0)
+        held = tuple(_get(x, g, group, 1) for x in kv)
+        arrived = None if pass_kv is None else pass_kv(held)  # before compute
 
-        def per_q_block(i, state):
-            dq, dk_blk, dv_blk = state
-            q_blk = _get(q_BKGQD, i, block_q, 3)
-            do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
-            lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
-            grads = lambda mask: (
-                lambda s: _block_grads(  # noqa: E731
-                    q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s
+        def per_k_block(jj, state):
+            dq, dk_grp, dv_grp = state
+            j = g * pass_blocks + jj
+            k_raw, v_raw, ks = (_get(x, jj, block_k, 1) for x in held)
+            k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
+            kT_blk = jnp.transpose(k_raw, (0, 2, 3, 1))
+            kp = _get(k_side.pos_L, j, block_k, 0)
+
+            def per_q_tile(i, state):
+                dq, dk_blk, dv_blk = state
+                q_blk = _get(q_BKGQD, i, block_q, 3)
+                do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
+                lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
+                grads = lambda mask: (  # noqa: E731
+                    lambda s: _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s)
                 )
-            )
-            kind = kinds[i, j]
-            blk = (_get(dq, i, block_q, 1), dk_blk, dv_blk)
-            dq_blk, dk_blk, dv_blk = jax.lax.switch(
-                kind,
-                [
-                    lambda s: s,
-                    grads(None),
-                    lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
-                ],
-                blk,
-            )
-            return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
+                dq_blk, dk_blk, dv_blk = jax.lax.switch(
+                    kinds[i, j],
+                    [
+                        lambda s: s,
+                        grads(None),
+                        lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
+                    ],
+                    (_get(dq, i, block_q, 1), dk_blk, dv_blk),
+                )
+                return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
 
-        state = (dq, *(jnp.moveaxis(_get(x, j, block_k, 1), 1, 2) for x in (dk, dv)))
-        dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_block, state)
-        dk_blk, dv_blk = jnp.moveaxis(dk_blk, 1, 2), jnp.moveaxis(dv_blk, 1, 2)
+            heads_major = (jnp.moveaxis(_get(x, jj, block_k, 1), 1, 2) for x in (dk_grp, dv_grp))
+            dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_tile, (dq, *heads_major))
+            dk_grp, dv_grp = (
+                _put(x, jnp.moveaxis(y, 1, 2), jj, block_k, 1)
+                for x, y in ((dk_grp, dk_blk), (dv_grp, dv_blk))
+            )
+            return dq, dk_grp, dv_grp
+
+        state = (dq, _get(dk, g, group, 1), _get(dv, g, group, 1))
+        dq, dk_grp, dv_grp = jax.lax.fori_loop(0, pass_blocks, per_k_block, state)
         if pass_dkv is not None:
-            dk_blk, dv_blk = pass_dkv((dk_blk, dv_blk))
+            dk_grp, dv_grp = pass_dkv((dk_grp, dv_grp))
         if arrived is not None:
-            kv = tuple(_put(x, y, j, block_k, 1) for x, y in zip(kv, arrived, strict=True))
-        return dq, _put(dk, dk_blk, j, block_k, 1), _put(dv, dv_blk, j, block_k, 1), kv
+            kv = tuple(_put(x, y, g, group, 1) for x, y in zip(kv, arrived, strict=True))
+        return dq, _put(dk, dk_grp, g, group, 1), _put(dv, dv_grp, g, group, 1), kv
 
     state = (*grads, (k_BSKD, v_BSKD, k_side.seg_BL))
-    dq, dk, dv, kv = jax.lax.fori_loop(0, num_k, per_k_block, state)
+    dq, dk, dv, kv = jax.lax.fori_loop(0, num_k // pass_blocks, per_group, state)
     return (dq, dk, dv), kv
 
 

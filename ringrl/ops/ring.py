@@ -6,13 +6,16 @@ kernel of :mod:`ringrl.ops.blockwise`). After ``R`` steps every query has seen e
 backward pass (custom VJP) rotates K and V again, together with their gradient accumulators dK
 and dV, which arrive back at their owner after the last step.
 
-The shard moves on one key/value block at a time: each block's ``ppermute`` to the next
-device is issued before that block is computed (so XLA can overlap communication with compute),
-and what arrives from the previous device is written into the block's slot once it is done. A
-device thus holds one shard plus one block in flight, not two shards (in the backward pass the
-finished dK/dV blocks travel the same way, after their block is computed). A block's key,
-value and segment ids (or its dK and dV) travel packed in one buffer: one ``ppermute``, one
-rendezvous of the devices, per pass.
+The shard moves on a group of key/value blocks at a time (:func:`pass_blocks`: as many as fit
+in :data:`PASS_BYTES`, 4 MiB): each group's ``ppermute`` to the next device is issued before
+its blocks are computed (so XLA can overlap communication with compute), and what arrives from
+the previous device is written into the group's slot once they are done. A device thus holds
+one shard plus one group in flight, not two shards at long contexts (in the backward pass the
+finished dK/dV blocks travel the same way, after their group is computed). A group's keys,
+values and segment ids (or its dK and dV) travel packed in one buffer: one ``ppermute``, one
+rendezvous of the devices, per pass. On CPU every ``ppermute`` makes all devices wait for each
+other, so fewer, larger passes cost less (one block per pass: 9% slower at 16K tokens on 8
+host devices).
 
 Layouts say which global positions a device holds (``R`` devices, local length ``C``):
 
@@ -70,9 +73,24 @@ def layout_positions(layout: str, index: Array | int, num_shards: int, local_len
     raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
+PASS_BYTES = 4 << 20  # most bytes of keys, values and segment ids sent in one ppermute
+
+
+def pass_blocks(k_BCKD: Array, block: int) -> int:
+    """Key/value blocks sent on together: the most that fit in :data:`PASS_BYTES` (at least
+    one) and divide the shard. Each pass is a rendezvous of all devices on the ring, so
+    fewer, larger passes synchronise them less often; the bound keeps what is in flight
+    small next to the shard at long contexts."""
+    B, C, K, D = k_BCKD.shape
+    block_bytes = B * block * (2 * K * D * k_BCKD.dtype.itemsize + 4)
+    cap = max(1, PASS_BYTES // block_bytes)
+    n = C // block
+    return max(d for d in range(1, min(cap, n) + 1) if n % d == 0)
+
+
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     """Runs the R ring steps (q heads-major and pre-scaled, k/v token-major: see
-    :mod:`blockwise`); the key/value shards travel token-major, one block at a time.
+    :mod:`blockwise`); the key/value shards travel token-major, a group of blocks at a time.
 
     Returns (carry, block pairs computed per step ``[R]``).
     """
@@ -82,7 +100,9 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     tile = query_tile(b, q.shape[1] * q.shape[2])  # q is [B, K, G, Q, D]: heads = K * G
-    attend = functools.partial(attend_shard, causal=causal, block_q=tile, block_k=b)
+    attend = functools.partial(
+        attend_shard, causal=causal, block_q=tile, block_k=b, pass_blocks=pass_blocks(k, b)
+    )
 
     def compute(carry, kv, step, pass_on):
         k_cur, v_cur, seg_cur = kv
@@ -171,6 +191,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             causal=causal,
             block_q=query_tile(b, do.shape[2]),
             block_k=b,
+            pass_blocks=pass_blocks(k, b),
             pass_kv=pass_kv,
             pass_dkv=pass_on,  # dK/dV travel with their K/V block; after the last step they
         )  # arrive back at their owner
