@@ -2,8 +2,9 @@
 
 The forward pass visits query blocks one at a time and, for each, folds in key/value blocks with
 the online-softmax update (running max ``m``, denominator ``l``, unnormalised output ``o``, all
-float32). Block pairs that the causal mask or padding hide entirely are skipped (``lax.switch``),
-not computed and masked; pairs the mask does not touch are computed without building it. The
+float32). Block pairs that the causal mask or padding hide entirely are skipped (the query loop
+of a key block visits only the tiles it computes), not computed and masked; pairs the mask
+does not touch are computed without building it (``lax.cond``). The
 backward pass recomputes the probabilities block by block from the saved log-sum-exp, so memory
 grows with the block size, never with ``seq**2``.
 
@@ -148,6 +149,23 @@ def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
     return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED)).astype(jnp.int32)
 
 
+class Schedule(NamedTuple):
+    """Which query tiles each key block computes: the non-skipped ones, in order."""
+
+    kinds: Array  # int32 [num_tiles, num_blocks] (block_kinds)
+    order: Array  # int32 [num_tiles, num_blocks]: per block, the computed tiles first
+    count: Array  # int32 [num_blocks]: computed tiles per block
+
+
+def schedule(kinds: Array) -> Schedule:
+    """The query loop of key block j visits ``order[:count[j], j]`` only, so a skipped pair
+    costs nothing (not even the slicing of its tiles). Stable: computed tiles keep their
+    order, so results are the same as visiting every tile."""
+    hidden = kinds == SKIP
+    order = jnp.argsort(hidden, axis=0, stable=True).astype(jnp.int32)
+    return Schedule(kinds, order, (~hidden).sum(0, dtype=jnp.int32))
+
+
 def _rows(x_BKGq_: Array) -> Array:
     """``[B, K, G, q, ...] -> [B, K, G*q, ...]``: the query heads that share a kv head and
     their rows form one matmul dimension (a free reshape; einsums over a separate ``g`` axis
@@ -216,7 +234,8 @@ def attend_shard(
     are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
     tiles the inner one; blocks and carry tiles are read and written in place with dynamic
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
-    (:func:`block_kinds`, decided for all pairs before the loops).
+    (:func:`block_kinds`, decided for all pairs before the loops; :func:`schedule` lists the
+    tiles each key block computes, so a skipped pair costs no loop iteration).
 
     ``pass_on`` (ring attention): the shard moves on ``pass_blocks`` key blocks at a time.
     ``pass_on`` is called with a group's token-major ``(k, v, segment ids)`` before its blocks
@@ -227,9 +246,10 @@ def attend_shard(
     Returns the new carry, the number of block pairs computed (int32) and the key shard
     ``(k, v, segment ids)`` held at the end (the next shard when ``pass_on`` is given).
     """
-    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    num_k = k_BSKD.shape[1] // block_k
     group = block_k * pass_blocks
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
+    plan = schedule(kinds)
 
     def per_group(g, state):
         carry, kv = state
@@ -242,21 +262,19 @@ def attend_shard(
             kp = _get(k_side.pos_L, j, block_k, 0)
             k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
-            def per_q_tile(i, carry):
+            def per_q_tile(t, carry):
+                i = plan.order[t, j]
                 q_blk = _get(q_BKGQD, i, block_q, 3)
                 mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
-                c = jax.lax.switch(
-                    kinds[i, j],
-                    [
-                        lambda c: c,
-                        lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
-                        lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
-                    ],
+                c = jax.lax.cond(
+                    plan.kinds[i, j] == FULL,
+                    lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
+                    lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
                     Carry(*(_get(x, i, block_q, 3) for x in carry)),
                 )
                 return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
 
-            return jax.lax.fori_loop(0, num_q, per_q_tile, carry)
+            return jax.lax.fori_loop(0, plan.count[j], per_q_tile, carry)
 
         carry = jax.lax.fori_loop(0, pass_blocks, per_k_block, carry)
         if arrived is not None:
@@ -343,9 +361,9 @@ def attend_shard_bwd(
 
     Returns ``(dq, dk, dv)`` and the key shard ``(k, v, segment ids)`` held at the end.
     """
-    num_q, num_k = q_BKGQD.shape[3] // block_q, k_BSKD.shape[1] // block_k
+    num_k = k_BSKD.shape[1] // block_k
     group = block_k * pass_blocks
-    kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
+    plan = schedule(block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal))
 
     def per_group(g, state):
         dq, dk, dv, kv = state
@@ -360,27 +378,25 @@ def attend_shard_bwd(
             kT_blk = jnp.transpose(k_raw, (0, 2, 3, 1))
             kp = _get(k_side.pos_L, j, block_k, 0)
 
-            def per_q_tile(i, state):
+            def per_q_tile(t, state):
                 dq, dk_blk, dv_blk = state
+                i = plan.order[t, j]
                 q_blk = _get(q_BKGQD, i, block_q, 3)
                 do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
                 lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
                 grads = lambda mask: (  # noqa: E731
                     lambda s: _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s)
                 )
-                dq_blk, dk_blk, dv_blk = jax.lax.switch(
-                    kinds[i, j],
-                    [
-                        lambda s: s,
-                        grads(None),
-                        lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
-                    ],
+                dq_blk, dk_blk, dv_blk = jax.lax.cond(
+                    plan.kinds[i, j] == FULL,
+                    grads(None),
+                    lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
                     (_get(dq, i, block_q, 1), dk_blk, dv_blk),
                 )
                 return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
 
             heads_major = (jnp.moveaxis(_get(x, jj, block_k, 1), 1, 2) for x in (dk_grp, dv_grp))
-            dq, dk_blk, dv_blk = jax.lax.fori_loop(0, num_q, per_q_tile, (dq, *heads_major))
+            dq, dk_blk, dv_blk = jax.lax.fori_loop(0, plan.count[j], per_q_tile, (dq, *heads_major))
             dk_grp, dv_grp = (
                 _put(x, jnp.moveaxis(y, 1, 2), jj, block_k, 1)
                 for x, y in ((dk_grp, dk_blk), (dv_grp, dv_blk))
