@@ -131,7 +131,7 @@ def span_stats(side: Shard, size: int) -> SpanStats:
 
 
 def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
-    """What each (query tile, key block) pair needs, ``[num_tiles, num_blocks]`` int32.
+    """What each (query tile, key block) pair needs, ``[num_tiles, num_blocks]`` int8.
 
     ``SKIP`` when the mask hides the whole pair (causally, or all padding on one side),
     ``FULL`` when it hides nothing (one segment per row on both sides, the same one, entirely
@@ -146,24 +146,19 @@ def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
     same = q.seg_min[:, :, None] == k.seg_min[:, None, :]
     one_segment = (q_one[:, :, None] & k_one[:, None, :] & same).all(0)
     seen = (q.pos_min[:, None] >= k.pos_max[None, :]) if causal else jnp.bool_(True)
-    return jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED)).astype(jnp.int32)
+    kinds = jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED))
+    return kinds.astype(jnp.int8)  # [tiles, blocks]: quadratic in the sequence, so kept small
 
 
-class Schedule(NamedTuple):
-    """Which query tiles each key block computes: the non-skipped ones, in order."""
-
-    kinds: Array  # int32 [num_tiles, num_blocks] (block_kinds)
-    order: Array  # int32 [num_tiles, num_blocks]: per block, the computed tiles first
-    count: Array  # int32 [num_blocks]: computed tiles per block
-
-
-def schedule(kinds: Array) -> Schedule:
-    """The query loop of key block j visits ``order[:count[j], j]`` only, so a skipped pair
-    costs nothing (not even the slicing of its tiles). Stable: computed tiles keep their
-    order, so results are the same as visiting every tile."""
-    hidden = kinds == SKIP
-    order = jnp.argsort(hidden, axis=0, stable=True).astype(jnp.int32)
-    return Schedule(kinds, order, (~hidden).sum(0, dtype=jnp.int32))
+def visit_order(kinds_n: Array) -> tuple[Array, Array]:
+    """The query tiles one key block computes: ``(order, count)``; its query loop visits
+    ``order[:count]`` only, so a skipped pair costs nothing (not even the slicing of its
+    tiles). Stable: computed tiles keep their order, so results are the same as visiting
+    every tile. Computed per key block (``kinds_n`` = its column of :func:`block_kinds`), so
+    no ``[tiles, blocks]`` index table is kept (at 400K tokens on one device that table
+    alone would be 10 MiB)."""
+    hidden = kinds_n == SKIP
+    return jnp.argsort(hidden, stable=True).astype(jnp.int32), (~hidden).sum(dtype=jnp.int32)
 
 
 def _rows(x_BKGq_: Array) -> Array:
@@ -234,8 +229,8 @@ def attend_shard(
     are token-major. Key blocks are the outer loop (each is transposed once, when loaded), query
     tiles the inner one; blocks and carry tiles are read and written in place with dynamic
     slices. Each block pair is skipped, computed without a mask, or computed with the mask
-    (:func:`block_kinds`, decided for all pairs before the loops; :func:`schedule` lists the
-    tiles each key block computes, so a skipped pair costs no loop iteration).
+    (:func:`block_kinds`, decided for all pairs before the loops; :func:`visit_order` lists
+    the tiles each key block computes, so a skipped pair costs no loop iteration).
 
     ``pass_on`` (ring attention): the shard moves on ``pass_blocks`` key blocks at a time.
     ``pass_on`` is called with a group's token-major ``(k, v, segment ids)`` before its blocks
@@ -249,7 +244,6 @@ def attend_shard(
     num_k = k_BSKD.shape[1] // block_k
     group = block_k * pass_blocks
     kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
-    plan = schedule(kinds)
 
     def per_group(g, state):
         carry, kv = state
@@ -263,18 +257,19 @@ def attend_shard(
             k_blk, v_blk = jnp.moveaxis(k_raw, 1, 2), jnp.moveaxis(v_raw, 1, 2)
 
             def per_q_tile(t, carry):
-                i = plan.order[t, j]
+                i = order[t]
                 q_blk = _get(q_BKGQD, i, block_q, 3)
                 mask = lambda: _tile_mask(q_side, i, block_q, kp, ks, causal)  # noqa: E731
                 c = jax.lax.cond(
-                    plan.kinds[i, j] == FULL,
+                    kinds[i, j] == FULL,
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
                     Carry(*(_get(x, i, block_q, 3) for x in carry)),
                 )
                 return Carry(*(_put(x, y, i, block_q, 3) for x, y in zip(carry, c, strict=True)))
 
-            return jax.lax.fori_loop(0, plan.count[j], per_q_tile, carry)
+            order, count = visit_order(kinds[:, j])
+            return jax.lax.fori_loop(0, count, per_q_tile, carry)
 
         carry = jax.lax.fori_loop(0, pass_blocks, per_k_block, carry)
         if arrived is not None:
@@ -363,7 +358,7 @@ def attend_shard_bwd(
     """
     num_k = k_BSKD.shape[1] // block_k
     group = block_k * pass_blocks
-    plan = schedule(block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal))
+    kinds = block_kinds(span_stats(q_side, block_q), span_stats(k_side, block_k), causal)
 
     def per_group(g, state):
         dq, dk, dv, kv = state
@@ -380,7 +375,7 @@ def attend_shard_bwd(
 
             def per_q_tile(t, state):
                 dq, dk_blk, dv_blk = state
-                i = plan.order[t, j]
+                i = order[t]
                 q_blk = _get(q_BKGQD, i, block_q, 3)
                 do_blk = jnp.moveaxis(_get(do_BQKGD, i, block_q, 1), 1, 3)
                 lse, delta = _get(lse_BKGQ, i, block_q, 3), _get(delta_BKGQ, i, block_q, 3)
@@ -388,7 +383,7 @@ def attend_shard_bwd(
                     lambda s: _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s)
                 )
                 dq_blk, dk_blk, dv_blk = jax.lax.cond(
-                    plan.kinds[i, j] == FULL,
+                    kinds[i, j] == FULL,
                     grads(None),
                     lambda s: grads(_tile_mask(q_side, i, block_q, kp, ks, causal))(s),
                     (_get(dq, i, block_q, 1), dk_blk, dv_blk),
@@ -396,7 +391,8 @@ def attend_shard_bwd(
                 return _put(dq, dq_blk, i, block_q, 1), dk_blk, dv_blk
 
             heads_major = (jnp.moveaxis(_get(x, jj, block_k, 1), 1, 2) for x in (dk_grp, dv_grp))
-            dq, dk_blk, dv_blk = jax.lax.fori_loop(0, plan.count[j], per_q_tile, (dq, *heads_major))
+            order, count = visit_order(kinds[:, j])
+            dq, dk_blk, dv_blk = jax.lax.fori_loop(0, count, per_q_tile, (dq, *heads_major))
             dk_grp, dv_grp = (
                 _put(x, jnp.moveaxis(y, 1, 2), jj, block_k, 1)
                 for x, y in ((dk_grp, dk_blk), (dv_grp, dv_blk))
