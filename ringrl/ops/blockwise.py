@@ -150,6 +150,16 @@ def block_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
     return kinds.astype(jnp.int8)  # [tiles, blocks]: quadratic in the sequence, so kept small
 
 
+def _num_groups(num_blocks: int, pass_blocks: int) -> int:
+    """Groups of ``pass_blocks`` key blocks in a shard of ``num_blocks`` (they must divide it)."""
+    if pass_blocks < 1 or num_blocks % pass_blocks:
+        raise ValueError(
+            f"pass_blocks ({pass_blocks}) must be a positive divisor of the shard's "
+            f"{num_blocks} key blocks"
+        )
+    return num_blocks // pass_blocks
+
+
 def visit_order(kinds_n: Array) -> tuple[Array, Array]:
     """The query tiles one key block computes: ``(order, count)``; its query loop visits
     ``order[:count]`` only, so a skipped pair costs nothing (not even the slicing of its
@@ -277,7 +287,7 @@ def attend_shard(
         return carry, kv
 
     kv = (k_BSKD, v_BSKD, k_side.seg_BL)
-    carry, kv = jax.lax.fori_loop(0, num_k // pass_blocks, per_group, (carry, kv))
+    carry, kv = jax.lax.fori_loop(0, _num_groups(num_k, pass_blocks), per_group, (carry, kv))
     return carry, (kinds != SKIP).sum(dtype=jnp.int32), kv
 
 
@@ -408,7 +418,7 @@ def attend_shard_bwd(
         return dq, _put(dk, dk_grp, g, group, 1), _put(dv, dv_grp, g, group, 1), kv
 
     state = (*grads, (k_BSKD, v_BSKD, k_side.seg_BL))
-    dq, dk, dv, kv = jax.lax.fori_loop(0, num_k // pass_blocks, per_group, state)
+    dq, dk, dv, kv = jax.lax.fori_loop(0, _num_groups(num_k, pass_blocks), per_group, state)
     return (dq, dk, dv), kv
 
 

@@ -174,6 +174,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     delta = delta_of(split_heads(out, k.shape[2]), do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     pass_on = _pass_on(axis_name, R)
+    tile, per_pass = query_tile(b, do.shape[2]), pass_blocks(k, b)
 
     def accumulate(grads, kv, step, pass_kv):
         k_cur, v_cur, seg_cur = kv
@@ -189,9 +190,9 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             k_side,
             grads,
             causal=causal,
-            block_q=query_tile(b, do.shape[2]),
+            block_q=tile,
             block_k=b,
-            pass_blocks=pass_blocks(k, b),
+            pass_blocks=per_pass,
             pass_kv=pass_kv,
             pass_dkv=pass_on,  # dK/dV travel with their K/V block; after the last step they
         )  # arrive back at their owner
