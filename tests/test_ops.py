@@ -371,3 +371,24 @@ def test_query_tile_divides_the_block_and_bounds_the_score_tile():
     assert query_tile(125, heads=4) == 125  # a block smaller than the cap is one tile
     assert query_tile(375, heads=4) == 125  # largest divisor under the cap
     assert query_tile(4) == 4
+
+
+def test_pass_blocks_that_do_not_divide_the_shard_are_a_clear_error():
+    from ringrl.ops.blockwise import Shard, attend_shard, init_carry, kernel_inputs
+
+    q, k, v, _ = random_inputs(seq=16)
+    q_h, k_h, v_h = kernel_inputs(q, k, v)
+    side = Shard(jnp.arange(16, dtype=jnp.int32), jnp.zeros((B, 16), jnp.int32))
+    with pytest.raises(ValueError, match="pass_blocks \\(3\\) must be a positive divisor"):
+        attend_shard(
+            init_carry(q_h),
+            q_h,
+            k_h,
+            v_h,
+            side,
+            side,
+            causal=True,
+            block_q=4,
+            block_k=4,
+            pass_blocks=3,
+        )
