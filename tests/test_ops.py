@@ -318,11 +318,14 @@ def test_to_ring_layout_puts_zigzag_chunks_on_devices_and_back():
 
 
 @pytest.mark.parametrize("impl", ["blockwise", "ring"])
-def test_query_tiles_smaller_than_the_block_match_float64_reference(impl, monkeypatch):
+@pytest.mark.parametrize("tiles", [(2, 4), (4, 2), (2, 1)])
+def test_tiles_smaller_than_the_block_match_float64_reference(impl, tiles, monkeypatch):
     from ringrl.ops import blockwise
 
-    monkeypatch.setattr(blockwise, "QUERY_TILE", 2)  # block 4 walked as 2 query tiles of 2 rows
-    assert blockwise.query_tile(BLOCK) == 2
+    # block 4 walked as tiles of (query rows, key positions)
+    monkeypatch.setattr(blockwise, "QUERY_TILE", tiles[0])
+    monkeypatch.setattr(blockwise, "KEY_TILE", tiles[1])
+    assert (blockwise.query_tile(BLOCK), blockwise.key_tile(BLOCK)) == tiles
     q, k, v, ct = random_inputs()
     seg = packed_segments()
     mesh = make_mesh(1, 4) if impl == "ring" else None
@@ -332,11 +335,13 @@ def test_query_tiles_smaller_than_the_block_match_float64_reference(impl, monkey
     assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
 
 
-@pytest.mark.parametrize("blocks_per_pass", [1, 2, 4])
+@pytest.mark.parametrize("blocks_per_pass, key_tile", [(1, 4), (2, 4), (4, 4), (2, 2)])
 def test_ring_passing_several_blocks_at_a_time_matches_float64_reference(
-    blocks_per_pass, monkeypatch
+    blocks_per_pass, key_tile, monkeypatch
 ):
-    from ringrl.ops import ring
+    from ringrl.ops import blockwise, ring
+
+    monkeypatch.setattr(blockwise, "KEY_TILE", key_tile)  # 2: each block is two key tiles
 
     # 4 devices, zigzag: a shard of 16 positions = 4 blocks of 4; each block of k, v (2 kv
     # heads x 16) and segment ids is 2 x 4 x (2 x 2 x 16 x 4 + 4) bytes
@@ -363,23 +368,35 @@ def test_blocks_per_pass_fill_the_byte_budget_and_divide_the_shard():
     assert pass_blocks(jnp.zeros((1, 2048, 64, 128)), 512) == 1  # one block over the budget
 
 
-def test_query_tile_divides_the_block_and_bounds_the_score_tile():
-    from ringrl.ops.blockwise import query_tile
+def test_tiles_divide_the_block_and_bound_the_score_tile():
+    from ringrl.ops.blockwise import key_tile, query_tile
 
-    assert query_tile(512, heads=4) == 128  # [4 x 128 x 512] float32 = 1 MiB
-    assert query_tile(1024, heads=8) == 32  # bounded by the tile's size
-    assert query_tile(125, heads=4) == 125  # a block smaller than the cap is one tile
-    assert query_tile(375, heads=4) == 125  # largest divisor under the cap
-    assert query_tile(4) == 4
+    assert (query_tile(512, heads=4), key_tile(512)) == (128, 256)  # [4 x 128 x 256] = 512 KiB
+    assert (query_tile(1024, heads=8), key_tile(1024)) == (64, 256)  # bounded by the tile's size
+    assert (query_tile(125, heads=4), key_tile(125)) == (125, 125)  # a small block is one tile
+    assert (query_tile(375, heads=4), key_tile(375)) == (125, 125)  # largest divisors under caps
+    assert (query_tile(4), key_tile(4)) == (4, 4)
 
 
-def test_pass_blocks_that_do_not_divide_the_shard_are_a_clear_error():
+def test_ring_counts_computed_tile_pairs_when_tiles_are_smaller_than_blocks(monkeypatch):
+    from ringrl.ops import blockwise
+
+    monkeypatch.setattr(blockwise, "QUERY_TILE", 2)
+    monkeypatch.setattr(blockwise, "KEY_TILE", 2)
+    q, k, v, _ = random_inputs()
+    counts = np.asarray(ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK))
+    n = L // 2  # 2 x 2 tiles: the causal mask hides every pair above the diagonal tile
+    assert counts.sum() == n * (n + 1) // 2
+    assert np.all(counts == counts[0:1])
+
+
+def test_pass_tiles_that_do_not_divide_the_shard_are_a_clear_error():
     from ringrl.ops.blockwise import Shard, attend_shard, init_carry, kernel_inputs
 
     q, k, v, _ = random_inputs(seq=16)
     q_h, k_h, v_h = kernel_inputs(q, k, v)
     side = Shard(jnp.arange(16, dtype=jnp.int32), jnp.zeros((B, 16), jnp.int32))
-    with pytest.raises(ValueError, match="pass_blocks \\(3\\) must be a positive divisor"):
+    with pytest.raises(ValueError, match="pass_tiles \\(3\\) must be a positive divisor"):
         attend_shard(
             init_carry(q_h),
             q_h,
@@ -388,7 +405,7 @@ def test_pass_blocks_that_do_not_divide_the_shard_are_a_clear_error():
             side,
             side,
             causal=True,
-            block_q=4,
-            block_k=4,
-            pass_blocks=3,
+            tile_q=4,
+            tile_k=4,
+            pass_tiles=3,
         )

@@ -11,6 +11,7 @@ import argparse
 import datetime
 import functools
 import importlib.util
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -186,7 +187,7 @@ def balance_tables(args) -> dict:
         out[layout] = counts.tolist()
         rows = [[f"device {i}", *c, c.sum()] for i, c in enumerate(counts)]
         print_table(
-            f"Block pairs (query tile x key block) computed per device at each ring step "
+            f"Tile pairs (query tile x key tile) computed per device at each ring step "
             f"({layout}, seq {seq:,}, "
             f"{d} devices, block {args.block})",
             ["", *[f"step {s}" for s in range(counts.shape[1])], "total"],
@@ -237,29 +238,29 @@ def load_peer():
 
 
 PEER = "ringattention 0.1.2"
-PEER_TILED = "ringattention 0.1.2, query chunk = our tile"
+PEER_TILED = "ringattention 0.1.2, chunks = our tiles"
 
 
 def peer_comparison(args, rate: float) -> dict:
     """Ours against the paper's package at the same block size, interleaved.
 
-    Our kernel walks each block pair's queries in tiles of ``query_tile(block, heads)`` rows (see
-    :func:`ringrl.ops.blockwise.query_tile`); the package has the same knob
-    (``query_chunk_size``), so a third contender runs it with that chunk too, to show how much
-    of the difference is the tiling.
+    Our kernel walks each block pair in tiles of ``query_tile(block, heads)`` query rows and
+    ``key_tile(block)`` keys (see :func:`ringrl.ops.blockwise.query_tile`); the package has the
+    same knobs (``query_chunk_size``, ``key_chunk_size``), so a third contender runs it with
+    those chunks too, to show how much of the difference is the tiling.
     """
-    from ringrl.ops.blockwise import query_tile
+    from ringrl.ops.blockwise import key_tile, query_tile
 
     peer = load_peer()
     seq, d = args.peer_seq, args.peer_devices
     mesh = make_mesh(1, d)
     spec = P(None, "seq")
 
-    def peer_attention(query_chunk: int):
+    def peer_attention(query_chunk: int, key_chunk: int):
         kwargs = dict(
             causal_block_size=1 if args.causal else None,
             query_chunk_size=query_chunk,
-            key_chunk_size=args.block,
+            key_chunk_size=key_chunk,
             deterministic=True,
             dropout_rng=None,
             attn_pdrop=0.0,
@@ -276,10 +277,10 @@ def peer_comparison(args, rate: float) -> dict:
             check_vma=False,
         )
 
-    contenders = {"ringrl": _ours("ring", mesh, args), PEER: peer_attention(args.block)}
-    tile = query_tile(args.block, args.heads)
-    if tile != args.block:
-        contenders[PEER_TILED] = peer_attention(tile)
+    contenders = {"ringrl": _ours("ring", mesh, args), PEER: peer_attention(args.block, args.block)}
+    tile = query_tile(args.block, args.heads), key_tile(args.block)
+    if tile != (args.block, args.block):
+        contenders[PEER_TILED] = peer_attention(*tile)
     xs = _inputs(args, seq, NamedSharding(mesh, spec))
     flops = attention_flops(args.batch, seq, args.heads, args.head_dim, args.causal)
     compiled = {name: _fwd_bwd(fn).lower(*xs).compile() for name, fn in contenders.items()}
@@ -290,7 +291,8 @@ def peer_comparison(args, rate: float) -> dict:
             times[name] += time_call(c, *xs, reps=1)
         rates.append(matmul_rate())
     rate = max(rate, *rates)
-    result = {"seq": seq, "devices": d, "block": args.block, "query_tile": tile}
+    result = {"seq": seq, "devices": d, "block": args.block, "query_tile": tile[0]}
+    result["key_tile"] = tile[1]
     result |= {"matmul_rates": rates, "best_matmul_rate": rate}
     rows = []
     for name, c in compiled.items():
@@ -324,11 +326,11 @@ def peer_comparison(args, rate: float) -> dict:
         ratio_m = result["ringrl"]["memory_bytes"] / result[peer_name]["memory_bytes"]
         key = "" if peer_name == PEER else "_tiled"
         result |= {f"time_ratio{key}": ratio_t, f"memory_ratio{key}": ratio_m}
-        label = "ours / peer" if peer_name == PEER else "ours / peer with our tile"
+        label = "ours / peer" if peer_name == PEER else "ours / peer with our tiles"
         rows.append([label, f"{ratio_t:.2f}", "", "", f"{ratio_m:.2f}", ""])
     print_table(
         f"Ring attention vs the paper's package (seq {seq:,}, {d} devices, block {args.block}, "
-        f"our query tile {tile}, median of {args.peer_reps} interleaved fwd+bwd)",
+        f"our tiles {tile[0]} x {tile[1]}, median of {args.peer_reps} interleaved fwd+bwd)",
         ["", "fwd+bwd s", "of best matmul", "of paired matmul", "memory/device", "rel. error"],
         rows,
     )
@@ -338,11 +340,13 @@ def peer_comparison(args, rate: float) -> dict:
 def run(args: argparse.Namespace) -> int:
     rate = matmul_rate()
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"machine: {machine()}  date: {stamp}")
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    print(f"machine: {machine()}  date: {stamp}  XLA_FLAGS: {xla_flags or '-'}")
     print(f"measured float32 matmul rate: {rate / 1e9:,.1f} GFLOP/s\n")
     results = {
         "machine": machine(),
         "date": stamp,
+        "xla_flags": xla_flags,
         "matmul_flops_per_s": rate,
         "args": {k: v for k, v in vars(args).items() if not callable(v)},
     }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,10 @@ print(json.dumps(dict(time_s=t, fraction=attention_flops(1, seq, 4, 32, True) / 
 
 
 def run_child(devices: int, seq: int, reps: int, core: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    kept = re.sub(
+        r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", "")
+    )
+    env = dict(os.environ, XLA_FLAGS=f"{kept} --xla_force_host_platform_device_count={devices}")
     code = CHILD.format(core={core}, seq=seq, reps=reps)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if out.returncode:

@@ -225,9 +225,11 @@ def ring_step_counts(
     block_size: int = 512,
     layout: str | None = None,
 ) -> Array:
-    """Block pairs computed by each device at each ring step, ``[devices, steps]``.
+    """Tile pairs computed by each device at each ring step, ``[devices, steps]``.
 
-    A block pair is (query tile, key/value block): see :func:`ringrl.ops.blockwise.query_tile`.
+    A tile pair is (query tile, key tile): see :func:`ringrl.ops.blockwise.query_tile` and
+    :func:`~ringrl.ops.blockwise.key_tile` (with ``block_size`` no larger than those tiles, a
+    tile pair is a block pair).
 
     Runs the forward kernel of ``attention(impl="ring")`` with the same layout choice (or
     ``layout``) and returns its counters: a balanced layout shows equal numbers down every

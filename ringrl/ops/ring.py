@@ -22,7 +22,7 @@ Layouts say which global positions a device holds (``R`` devices, local length `
 - ``contiguous``: device r holds ``[r*C, (r+1)*C)``. Causal work is imbalanced: device 0 skips
   all but one step, device R-1 computes at every step.
 - ``zigzag``: the sequence is cut into ``2R`` chunks; device r holds chunks ``r`` and
-  ``2R-1-r``. Under the causal mask every device computes the same number of block pairs at every
+  ``2R-1-r``. Under the causal mask every device computes the same number of tile pairs at every
   ring step (half of them off the diagonal step), the rest are skipped.
 - ``striped``: device r holds positions ``r, r+R, r+2R, ...``; balanced, but no block is ever
   entirely hidden, so nothing can be skipped.
@@ -46,6 +46,7 @@ from ringrl.ops.blockwise import (
     finalize,
     init_carry,
     kernel_inputs,
+    key_tile,
     query_tile,
     softmax_scale,
     tokens_major,
@@ -88,20 +89,26 @@ def pass_blocks(k_BCKD: Array, block: int) -> int:
     return max(d for d in range(1, min(cap, n) + 1) if n % d == 0)
 
 
+def _tiles(k_BCKD: Array, block: int, heads: int) -> tuple[int, int, int]:
+    """The kernel's query tile, key tile and key tiles per pass (:func:`pass_blocks` blocks)."""
+    tile_k = key_tile(block)
+    return query_tile(block, heads), tile_k, pass_blocks(k_BCKD, block) * (block // tile_k)
+
+
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout):
     """Runs the R ring steps (q heads-major and pre-scaled, k/v token-major: see
     :mod:`blockwise`); the key/value shards travel token-major, a group of blocks at a time.
 
-    Returns (carry, block pairs computed per step ``[R]``).
+    Returns (carry, tile pairs computed per step ``[R]``).
     """
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
     C = q.shape[3]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
-    tile = query_tile(b, q.shape[1] * q.shape[2])  # q is [B, K, G, Q, D]: heads = K * G
+    tile_q, tile_k, per_pass = _tiles(k, b, q.shape[1] * q.shape[2])  # q: [B, K, G, Q, D]
     attend = functools.partial(
-        attend_shard, causal=causal, block_q=tile, block_k=b, pass_blocks=pass_blocks(k, b)
+        attend_shard, causal=causal, tile_q=tile_q, tile_k=tile_k, pass_tiles=per_pass
     )
 
     def compute(carry, kv, step, pass_on):
@@ -174,7 +181,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
     delta = delta_of(split_heads(out, k.shape[2]), do_t)
     q_side = Shard(layout_positions(layout, r, R, C), segment_ids)
     pass_on = _pass_on(axis_name, R)
-    tile, per_pass = query_tile(b, do.shape[2]), pass_blocks(k, b)
+    tile_q, tile_k, per_pass = _tiles(k, b, do.shape[2])
 
     def accumulate(grads, kv, step, pass_kv):
         k_cur, v_cur, seg_cur = kv
@@ -190,9 +197,9 @@ def _ring_bwd(axis_name, causal, block_size, layout, res, do):
             k_side,
             grads,
             causal=causal,
-            block_q=tile,
-            block_k=b,
-            pass_blocks=per_pass,
+            tile_q=tile_q,
+            tile_k=tile_k,
+            pass_tiles=per_pass,
             pass_kv=pass_kv,
             pass_dkv=pass_on,  # dK/dV travel with their K/V block; after the last step they
         )  # arrive back at their owner
@@ -246,7 +253,7 @@ def ring_block_counts(
     block_size: int = 512,
     layout: str = "contiguous",
 ) -> Array:
-    """Block pairs (query tile, key block) this device computed at each ring step, ``[R]``
+    """Tile pairs (query tile, key tile) this device computed at each ring step, ``[R]``
     int32 (forward pass).
 
     Same arguments as :func:`ring_attention`; counts come from the kernel itself.
