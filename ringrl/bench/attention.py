@@ -89,7 +89,9 @@ def _times_and_rates(compiled, xs, reps: int) -> tuple[list[float], list[float]]
     """Wall times of ``reps`` calls, each followed by a float32 matmul-rate sample.
 
     The speed of this shared machine drifts (the matmul rate by 10% within minutes), so each
-    time is also compared with the rate measured right after it ("paired")."""
+    time is also compared with the rate measured right after it ("paired"). Each timed call
+    follows an untimed one (``time_call``'s warm-up), so that the matmul sample before it has
+    not left the caches cold: twice the calls, a steady-state time."""
     times, rates = [], []
     for _ in range(reps):
         times += time_call(compiled, *xs, reps=1)

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-device", type=int, default=8192, help="tokens per device")
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--query-tile", type=int, default=None, help="override QUERY_TILE")
+    p.add_argument("--key-tile", type=int, default=None, help="override KEY_TILE")
     args = p.parse_args(argv)
     emulate_host_devices(8)
     import jax
@@ -39,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from ringrl.ops import attention
     from ringrl.parallel import make_mesh
 
-    if args.query_tile:
-        bw.QUERY_TILE, bw.TILE_SCORES = args.query_tile, 1 << 30
+    if args.query_tile or args.key_tile:
+        bw.TILE_SCORES = 1 << 62  # the tiles asked for, whatever their size
+        bw.QUERY_TILE = args.query_tile or bw.QUERY_TILE
+        bw.KEY_TILE = args.key_tile or bw.KEY_TILE
     n = args.devices
     mesh = make_mesh(1, n, devices=jax.devices()[:n])
     sharding = NamedSharding(mesh, P(None, "seq"))

@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         help="query rows per block pair (default: ringrl.ops.blockwise.QUERY_TILE); long "
         "contexts on the CPU backend need fewer, larger tiles (docs/training.md)",
     )
+    p.add_argument(
+        "--key-tile",
+        type=int,
+        default=None,
+        help="keys per block pair tile (default: ringrl.ops.blockwise.KEY_TILE)",
+    )
     args = p.parse_args(argv)
 
     from ringrl.train import set_host_devices
@@ -191,10 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    if args.query_tile:
+    if args.query_tile or args.key_tile:
         import ringrl.ops.blockwise as bw
 
-        bw.QUERY_TILE, bw.TILE_SCORES = args.query_tile, 1 << 62
+        bw.TILE_SCORES = 1 << 62  # the tiles asked for, whatever their size
+        bw.QUERY_TILE = args.query_tile or bw.QUERY_TILE
+        bw.KEY_TILE = args.key_tile or bw.KEY_TILE
 
     parts = set(args.parts.split(","))
     budget = int((args.device_gb or _mem_total_bytes() / 2**30 / args.devices) * 2**30)
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_budget_gib": budget / 2**30,
         "block_size": args.block_size,
         "query_tile": args.query_tile,
+        "key_tile": args.key_tile,
     }
     out = lambda: print(json.dumps(res, indent=1), flush=True)
 
