@@ -409,3 +409,16 @@ def test_pass_tiles_that_do_not_divide_the_shard_are_a_clear_error():
             tile_k=4,
             pass_tiles=3,
         )
+
+
+def test_key_tile_kinds_are_the_columns_of_the_tile_pair_table():
+    from ringrl.ops.blockwise import Shard, key_tile_kinds, span_stats, tile_kinds
+
+    seg = packed_segments()[:1]  # three segments, then padding
+    side = Shard(jnp.arange(L, dtype=jnp.int32), seg)
+    q, k = span_stats(side, 2), span_stats(side, 4)
+    for causal in (True, False):
+        table = np.asarray(tile_kinds(q, k, causal))
+        assert len(np.unique(table)) == 3  # the inputs exercise skip, full and masked pairs
+        for j in range(L // 4):
+            np.testing.assert_array_equal(key_tile_kinds(q, k, jnp.int32(j), causal), table[:, j])

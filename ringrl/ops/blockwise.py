@@ -148,7 +148,16 @@ def tile_kinds(q: SpanStats, k: SpanStats, causal: bool) -> Array:
     one_segment = (q_one[:, :, None] & k_one[:, None, :] & same).all(0)
     seen = (q.pos_min[:, None] >= k.pos_max[None, :]) if causal else jnp.bool_(True)
     kinds = jnp.where(hidden, SKIP, jnp.where(one_segment & seen, FULL, MASKED))
-    return kinds.astype(jnp.int8)  # quadratic in the sequence, so kept small
+    return kinds.astype(jnp.int8)
+
+
+def key_tile_kinds(q: SpanStats, k: SpanStats, j: Array, causal: bool) -> Array:
+    """Column ``j`` of :func:`tile_kinds`: what each query tile needs against key tile ``j``,
+    ``[query tiles]`` int8. The kernels compute one column per key tile, so no table over
+    all tile pairs (quadratic in the sequence: 4 MiB at 375K tokens per device) is ever held.
+    """
+    k_j = SpanStats(*(jax.lax.dynamic_slice_in_dim(x, j, 1, x.ndim - 1) for x in k))
+    return tile_kinds(q, k_j, causal)[:, 0]
 
 
 def _num_groups(num_tiles: int, pass_tiles: int) -> int:
@@ -165,9 +174,7 @@ def visit_order(kinds_n: Array) -> tuple[Array, Array]:
     """The query tiles one key tile computes: ``(order, count)``; its query loop visits
     ``order[:count]`` only, so a skipped pair costs nothing (not even the slicing of its
     tiles). Stable: computed tiles keep their order, so results are the same as visiting
-    every tile. Computed per key tile (``kinds_n`` = its column of :func:`tile_kinds`), so
-    no int32 index table over all tile pairs is kept (at 400K tokens on one device that
-    table alone would be 20 MiB)."""
+    every tile. ``kinds_n`` is the key tile's :func:`key_tile_kinds`."""
     hidden = kinds_n == SKIP
     return jnp.argsort(hidden, stable=True).astype(jnp.int32), (~hidden).sum(dtype=jnp.int32)
 
@@ -240,9 +247,9 @@ def attend_shard(
     are token-major. Key tiles of ``tile_k`` positions are the outer loop (each is transposed
     once, when loaded), query tiles of ``tile_q`` rows the inner one; key tiles and carry tiles
     are read and written in place with dynamic slices. Each tile pair is skipped, computed
-    without a mask, or computed with the mask (:func:`tile_kinds`, decided for all pairs before
-    the loops; :func:`visit_order` lists the query tiles each key tile computes, so a skipped
-    pair costs no loop iteration).
+    without a mask, or computed with the mask (:func:`key_tile_kinds`, decided for a key tile's
+    pairs before its query loop; :func:`visit_order` lists the query tiles each key tile
+    computes, so a skipped pair costs no loop iteration).
 
     ``pass_on`` (ring attention): the shard moves on ``pass_tiles`` key tiles at a time.
     ``pass_on`` is called with a group's token-major ``(k, v, segment ids)`` before its tiles
@@ -255,14 +262,15 @@ def attend_shard(
     """
     num_k = k_BSKD.shape[1] // tile_k
     group = tile_k * pass_tiles
-    kinds = tile_kinds(span_stats(q_side, tile_q), span_stats(k_side, tile_k), causal)
+    q_stats, k_stats = span_stats(q_side, tile_q), span_stats(k_side, tile_k)
 
     def per_group(g, state):
-        carry, kv = state
+        carry, computed, kv = state
         held = tuple(_get(x, g, group, 1) for x in kv)
         arrived = None if pass_on is None else pass_on(held)  # before compute
 
-        def per_k_tile(jj, carry):
+        def per_k_tile(jj, state):
+            carry, computed = state
             j = g * pass_tiles + jj
             k_raw, v_raw, ks = (_get(x, jj, tile_k, 1) for x in held)
             kp = _get(k_side.pos_L, j, tile_k, 0)
@@ -273,24 +281,25 @@ def attend_shard(
                 q_blk = _get(q_BKGQD, i, tile_q, 3)
                 mask = lambda: _tile_mask(q_side, i, tile_q, kp, ks, causal)  # noqa: E731
                 c = jax.lax.cond(
-                    kinds[i, j] == FULL,
+                    kinds[i] == FULL,
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, None),
                     lambda c: _online_update(c, q_blk, k_blk, v_blk, mask()),
                     Carry(*(_get(x, i, tile_q, 3) for x in carry)),
                 )
                 return Carry(*(_put(x, y, i, tile_q, 3) for x, y in zip(carry, c, strict=True)))
 
-            order, count = visit_order(kinds[:, j])
-            return jax.lax.fori_loop(0, count, per_q_tile, carry)
+            kinds = key_tile_kinds(q_stats, k_stats, j, causal)
+            order, count = visit_order(kinds)
+            return jax.lax.fori_loop(0, count, per_q_tile, carry), computed + count
 
-        carry = jax.lax.fori_loop(0, pass_tiles, per_k_tile, carry)
+        carry, computed = jax.lax.fori_loop(0, pass_tiles, per_k_tile, (carry, computed))
         if arrived is not None:
             kv = tuple(_put(x, y, g, group, 1) for x, y in zip(kv, arrived, strict=True))
-        return carry, kv
+        return carry, computed, kv
 
-    kv = (k_BSKD, v_BSKD, k_side.seg_BL)
-    carry, kv = jax.lax.fori_loop(0, _num_groups(num_k, pass_tiles), per_group, (carry, kv))
-    return carry, (kinds != SKIP).sum(dtype=jnp.int32), kv
+    state = (carry, jnp.int32(0), (k_BSKD, v_BSKD, k_side.seg_BL))
+    carry, computed, kv = jax.lax.fori_loop(0, _num_groups(num_k, pass_tiles), per_group, state)
+    return carry, computed, kv
 
 
 def _scores_t(k_BKsD: Array, q_BKGqD: Array, mask_Bqs: Array | None) -> Array:
@@ -370,7 +379,7 @@ def attend_shard_bwd(
     """
     num_k = k_BSKD.shape[1] // tile_k
     group = tile_k * pass_tiles
-    kinds = tile_kinds(span_stats(q_side, tile_q), span_stats(k_side, tile_k), causal)
+    q_stats, k_stats = span_stats(q_side, tile_q), span_stats(k_side, tile_k)
 
     def per_group(g, state):
         dq, dk, dv, kv = state
@@ -395,7 +404,7 @@ def attend_shard_bwd(
                     lambda s: _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, s)
                 )
                 dq_blk, dk_blk, dv_blk = jax.lax.cond(
-                    kinds[i, j] == FULL,
+                    kinds[i] == FULL,
                     grads(None),
                     lambda s: grads(_tile_mask(q_side, i, tile_q, kp, ks, causal))(s),
                     (_get(dq, i, tile_q, 1), dk_blk, dv_blk),
@@ -403,7 +412,8 @@ def attend_shard_bwd(
                 return _put(dq, dq_blk, i, tile_q, 1), dk_blk, dv_blk
 
             heads_major = (jnp.moveaxis(_get(x, jj, tile_k, 1), 1, 2) for x in (dk_grp, dv_grp))
-            order, count = visit_order(kinds[:, j])
+            kinds = key_tile_kinds(q_stats, k_stats, j, causal)
+            order, count = visit_order(kinds)
             dq, dk_blk, dv_blk = jax.lax.fori_loop(0, count, per_q_tile, (dq, *heads_major))
             dk_grp, dv_grp = (
                 _put(x, jnp.moveaxis(y, 1, 2), jj, tile_k, 1)
