@@ -8,10 +8,8 @@ the paper's own ``ringattention`` package on the same shapes in the same run (in
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import importlib.util
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,9 +24,9 @@ from ringrl.bench.common import (
     attention_flops,
     compiled_memory,
     fmt_bytes,
-    machine,
     matmul_rate,
     print_table,
+    run_header,
     sampled_rows_error,
     save_json,
     time_call,
@@ -341,14 +339,9 @@ def peer_comparison(args, rate: float) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     rate = matmul_rate()
-    stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    print(f"machine: {machine()}  date: {stamp}  XLA_FLAGS: {xla_flags or '-'}")
+    results = run_header()
     print(f"measured float32 matmul rate: {rate / 1e9:,.1f} GFLOP/s\n")
-    results = {
-        "machine": machine(),
-        "date": stamp,
-        "xla_flags": xla_flags,
+    results |= {
         "matmul_flops_per_s": rate,
         "args": {k: v for k, v in vars(args).items() if not callable(v)},
     }

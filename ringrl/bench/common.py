@@ -108,6 +108,23 @@ def machine() -> str:
     return f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()} ({cpu})"
 
 
+def run_header() -> dict:
+    """Print and return where and how a benchmark runs: machine, date and ``XLA_FLAGS``."""
+    import datetime
+    import os
+
+    header = {
+        "machine": machine(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    print(
+        f"machine: {header['machine']}  date: {header['date']}  "
+        f"XLA_FLAGS: {header['xla_flags'] or '-'}"
+    )
+    return header
+
+
 def save_json(path: str | None, payload: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

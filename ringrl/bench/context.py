@@ -10,7 +10,6 @@ reference on sampled rows.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 
@@ -24,8 +23,8 @@ from ringrl.bench.common import (
     GiB,
     compiled_memory,
     fmt_bytes,
-    machine,
     print_table,
+    run_header,
     sampled_rows_error,
     save_json,
 )
@@ -174,9 +173,8 @@ def context_table(args: argparse.Namespace) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    stamp = datetime.datetime.now().isoformat(timespec="seconds")
-    print(f"machine: {machine()}  date: {stamp}\n")
-    result = {"machine": machine(), "date": stamp, "budget_gib": args.budget_gib}
+    result = run_header() | {"budget_gib": args.budget_gib}
+    print()
     if args.devices != "none":
         result["rows"] = context_table(args)
     if args.real_seq:
