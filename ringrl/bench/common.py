@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -110,9 +112,6 @@ def machine() -> str:
 
 def run_header() -> dict:
     """Print and return where and how a benchmark runs: machine, date and ``XLA_FLAGS``."""
-    import datetime
-    import os
-
     header = {
         "machine": machine(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
