@@ -8,6 +8,8 @@ Token layouts (``AgentConfig.tokens_per_step``), step ``t`` of the concatenated 
   the reward token carrying reward and completion flag. The action ``a_t`` is predicted from the
   hidden state of the *state* token, which (causally) sees ``R_t, s_t`` and all earlier steps
   but not ``a_t``. Without returns (``use_returns=False``, BC) the layout is ``[s_t, a_t]``.
+* ``3`` -- Decision Transformer's: ``[R_t, s_t, a_t]`` (no reward or completion token); the
+  action is predicted from the state token.
 * ``1`` -- fused: one token per step from ``[R_t, s_t, a_{t-1}, r_{t-1}, d_{t-1}, p_t]``,
   i.e. the current return and state with the *previous* step's action, reward and completion
   (``p_t = 1`` when a previous step exists in the context, else the previous-step fields are
@@ -16,8 +18,10 @@ Token layouts (``AgentConfig.tokens_per_step``), step ``t`` of the concatenated 
   before it in the chain, so completion flags flow forward. 4x more steps fit a context.
 
 Every token of a step also gets a learned embedding of the step's within-episode timestep.
-Returns and rewards are multiplied by ``reward_scale`` (0.001 in the AT reimplementation);
-observations are normalised by dataset statistics stored in the module (and checkpoint).
+Returns-to-go are multiplied by ``return_scale`` and rewards by ``reward_scale``, both derived
+from the training data (:func:`ringrl.context.data_scales`: 1 / the largest absolute episode
+return and per-step reward, so both enter at order one) and stored in the module (and
+checkpoint) with the observation statistics and the completion level.
 
 Loss: mean squared error between ``tanh``-squashed predictions and the dataset actions, over real
 steps. As in Decision Transformer: a deterministic policy for evaluation, bounded outputs for the
@@ -25,10 +29,11 @@ steps. As in Decision Transformer: a deterministic policy for evaluation, bounde
 action distributions of exploration data (a Gaussian NLL would need an entropy or min-std guard).
 
 Acting (``act``): the history is the agent's previous episodes followed by the current partial
-episode; all are relabelled to ``target_return`` exactly as in training (but in the order given,
-not sorted), the last ``context_steps`` steps are kept, and the action of the last step is
-returned. This recomputes the whole context per action; a KV-cache decoder only needs
-``step_tokens`` per new step, since tokens of earlier steps never change.
+episode; the context is built by the one context rule (:func:`ringrl.context.acting_chain`:
+whole episodes, the most recent that fit, sorted by return or in the order played, relabelled
+to ``target_return``) and the action of the last step is returned. This recomputes the whole
+context per action; :class:`ringrl.decode.IncrementalPolicy` decodes the same context with a
+KV cache.
 """
 
 from __future__ import annotations
@@ -43,35 +48,35 @@ from flax import nnx
 from jax import Array
 from jax.sharding import Mesh
 
+from ringrl.context import ContextRule, Steps, acting_chain, pad_chain
 from ringrl.model import Transformer, TransformerConfig
-from ringrl.sampler import build_chain, pad_chain, padded_steps
+from ringrl.sampler import padded_steps
 
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
     obs_dim: int
     act_dim: int
-    tokens_per_step: int = 4  # 4: (return, state, action, reward) as in the paper; 1: fused
+    tokens_per_step: int = 4  # 4: (return, state, action, reward) as AT; 3: DT's; 1: fused
     use_returns: bool = True  # False: BC -- no return, reward or completion inputs
     max_timestep: int = 1000  # timestep embedding table size - 1 (ExoRL episodes: 1000)
-    reward_scale: float = 0.001  # AT reimplementation: 0.001
     context_steps: int = 1000  # steps the model sees when acting (N * steps per trajectory)
 
     def __post_init__(self):
-        if self.tokens_per_step not in (1, 4):
-            raise ValueError(f"tokens_per_step must be 1 or 4, got {self.tokens_per_step}")
+        if self.tokens_per_step not in (1, 3, 4):
+            raise ValueError(f"tokens_per_step must be 1, 3 or 4, got {self.tokens_per_step}")
 
     @property
     def step_tokens(self) -> int:
-        """Tokens one step occupies: 4 (or 2 without returns) or 1."""
+        """Tokens one step occupies: 4 or 3 (2 without returns), or 1."""
         if self.tokens_per_step == 1:
             return 1
-        return 4 if self.use_returns else 2
+        return self.tokens_per_step if self.use_returns else 2
 
     @property
     def action_token(self) -> int:
         """Index, within a step, of the token whose output predicts the step's action."""
-        return 1 if (self.tokens_per_step == 4 and self.use_returns) else 0
+        return 1 if (self.tokens_per_step > 1 and self.use_returns) else 0
 
 
 class Stat(nnx.Variable):
@@ -89,6 +94,9 @@ class AgenticTransformer(nnx.Module):
         rngs: nnx.Rngs,
         obs_mean: np.ndarray | None = None,
         obs_std: np.ndarray | None = None,
+        return_scale: float = 1.0,
+        reward_scale: float = 1.0,
+        success_return: float = float("inf"),
     ):
         self.cfg = cfg
         D, obs_dim, A = model_cfg.d_model, cfg.obs_dim, cfg.act_dim
@@ -97,11 +105,12 @@ class AgenticTransformer(nnx.Module):
             return nnx.Linear(d_in, D, rngs=rngs)
 
         self.embed_timestep = nnx.Embed(cfg.max_timestep + 1, D, rngs=rngs)
-        if cfg.tokens_per_step == 4:
+        if cfg.tokens_per_step > 1:
             self.embed_state = linear(obs_dim)
             self.embed_action = linear(A)
             if cfg.use_returns:
                 self.embed_return = linear(1)
+            if cfg.use_returns and cfg.tokens_per_step == 4:
                 self.embed_reward = linear(2)  # (reward, completion)
         else:
             self.embed_step = linear(obs_dim + A + 1 + (3 if cfg.use_returns else 0))
@@ -112,6 +121,9 @@ class AgenticTransformer(nnx.Module):
         std = np.ones(obs_dim, np.float32) if obs_std is None else obs_std
         self.obs_mean = Stat(jnp.asarray(mean, jnp.float32))
         self.obs_std = Stat(jnp.asarray(np.maximum(std, 1e-6), jnp.float32))
+        self.return_scale = Stat(jnp.asarray(return_scale, jnp.float32))
+        self.reward_scale = Stat(jnp.asarray(reward_scale, jnp.float32))
+        self.success_return = Stat(jnp.asarray(success_return, jnp.float32))
 
     # ---- tokens -------------------------------------------------------------------------------
 
@@ -120,12 +132,15 @@ class AgenticTransformer(nnx.Module):
         cfg = self.cfg
         obs_BTO = (batch["observations"] - self.obs_mean[...]) / self.obs_std[...]
         act_BTA = batch["actions"]
-        rtg_BT1 = (batch["returns_to_go"] * cfg.reward_scale)[..., None]
-        rew_BT2 = jnp.stack([batch["rewards"] * cfg.reward_scale, batch["completions"]], -1)
-        if cfg.tokens_per_step == 4:
+        rtg_BT1 = (batch["returns_to_go"] * self.return_scale[...])[..., None]
+        rew_BT = batch["rewards"] * self.reward_scale[...]
+        rew_BT2 = jnp.stack([rew_BT, batch["completions"]], -1)
+        if cfg.tokens_per_step > 1:
             tokens = [self.embed_state(obs_BTO), self.embed_action(act_BTA)]
             if cfg.use_returns:
-                tokens = [self.embed_return(rtg_BT1), *tokens, self.embed_reward(rew_BT2)]
+                tokens = [self.embed_return(rtg_BT1), *tokens]
+            if cfg.use_returns and cfg.tokens_per_step == 4:
+                tokens.append(self.embed_reward(rew_BT2))
             return jnp.stack(tokens, axis=2)
 
         def prev(x_BTF: Array) -> Array:  # the previous step's features, 0 at the first step
@@ -172,11 +187,19 @@ class AgenticTransformer(nnx.Module):
         loss = jnp.sum(err_BT * mask_BT) / steps
         return loss, {"loss": loss, "steps": mask_BT.sum()}
 
+    def context_rule(self, max_episode_steps: int, order: str = "sorted") -> ContextRule:
+        """The context rule this agent acts by (its context size and completion level)."""
+        return ContextRule(
+            self.cfg.context_steps, max_episode_steps, order, float(self.success_return[...])
+        )
+
     def context(
         self,
         history: Sequence,
-        target_return: float | None = None,
+        target_return: float,
         *,
+        max_episode_steps: int,
+        order: str = "sorted",
         block_size: int = 512,
         seq_shards: int = 1,
         ring: bool = False,
@@ -186,30 +209,30 @@ class AgenticTransformer(nnx.Module):
         ``history``: previous episodes, then the current partial episode, each with
         ``observations [T_i, obs_dim]``, ``actions`` and ``rewards`` (the partial episode has one
         more observation than actions/rewards; its current action and reward are unknown).
-        ``target_return``: the return to condition on; None uses the best return in the
-        completed history episodes (or 0 with none).
+        The context is :func:`ringrl.context.acting_chain`'s for :meth:`context_rule`.
         """
         *past, current = history
         obs = np.asarray(current.observations, np.float32)
         n = len(obs)
         act = np.zeros((n, self.cfg.act_dim), np.float32)
-        act[: n - 1] = np.asarray(current.actions, np.float32)[: n - 1]
+        act[: n - 1] = np.asarray(current.actions, np.float32).reshape(-1, self.cfg.act_dim)[
+            : n - 1
+        ]
         rew = np.zeros(n, np.float32)
         rew[: n - 1] = np.asarray(current.rewards, np.float32)[: n - 1]
-        partial = _Steps(obs, act, rew)
-        if target_return is None:
-            target_return = max((float(np.sum(ep.rewards)) for ep in past), default=0.0)
-        chain = build_chain([*past, partial], target=target_return, sort=False, partial_last=True)
-        steps = min(len(chain["mask"]), self.cfg.context_steps)
+        rule = self.context_rule(max_episode_steps, order)
+        chain, _ = acting_chain(past, Steps(obs, act, rew), rule, target_return)
+        steps = len(chain["mask"])
         T = padded_steps(steps, self.cfg.step_tokens, block_size, seq_shards, ring)
-        chain = {k: v[len(v) - steps :] for k, v in chain.items()}
         return {k: v[None] for k, v in pad_chain(chain, T).items()}, steps - 1
 
     def act(
         self,
         history: Sequence,
-        target_return: float | None = None,
+        target_return: float,
         *,
+        max_episode_steps: int,
+        order: str = "sorted",
         mesh: Mesh | None = None,
     ) -> np.ndarray:
         """The action ``[act_dim]`` for the last step of ``history`` (see :meth:`context`)."""
@@ -217,7 +240,13 @@ class AgenticTransformer(nnx.Module):
         ring = m.attention == "ring"
         shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
         batch, last = self.context(
-            history, target_return, block_size=m.block_size, seq_shards=shards, ring=ring
+            history,
+            target_return,
+            max_episode_steps=max_episode_steps,
+            order=order,
+            block_size=m.block_size,
+            seq_shards=shards,
+            ring=ring,
         )
         pred_BTA = _predict(self, {k: jnp.asarray(v) for k, v in batch.items()}, mesh)
         return np.asarray(pred_BTA[0, last])
@@ -226,10 +255,3 @@ class AgenticTransformer(nnx.Module):
 @nnx.jit(static_argnames=("mesh",))
 def _predict(agent: AgenticTransformer, batch: dict[str, Array], mesh: Mesh | None) -> Array:
     return agent(batch, mesh=mesh, deterministic=True)
-
-
-@dataclasses.dataclass
-class _Steps:
-    observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray

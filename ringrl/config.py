@@ -37,6 +37,7 @@ class ModelConfig:
     block_size: int = 512  # attention / feed-forward block (also sets sequence padding)
     compute_dtype: str = "float32"  # float32 | bfloat16
     remat: bool = True
+    feedforward: str = "blockwise"  # blockwise (BPT) | full (ordinary MLP over the whole sequence)
 
 
 @dataclasses.dataclass
@@ -45,8 +46,11 @@ class AgentConfig:
     num_trajectories: int = 4  # N per chain; AT: up to 4, RA paper: 32 and 128; DT/BC: 1
     steps_per_trajectory: int = 1000  # window per trajectory; ExoRL: 1000; DT: K = 20
     random_window_start: bool = False  # DT/BC: True (windows start anywhere)
-    tokens_per_step: int = 4  # 4: (return, state, action, reward) as in the paper; 1: fused
-    reward_scale: float = 0.001  # AT: 0.001
+    tokens_per_step: int = 4  # 4: (return, state, action, reward) as AT; 3: DT's; 1: fused
+    # None: returns scaled by 1 / max |episode return| and rewards by 1 / max |reward| of the
+    # data (order one); a number scales both (the AT reimplementation: 0.001)
+    reward_scale: float | None = None
+    completion_quantile: float = 0.5  # completion flag: return >= this quantile of the data
     max_timestep: int = 1000  # timestep embedding size; ExoRL episodes: 1000 steps
 
 
@@ -98,10 +102,17 @@ class Config:
             ("model.attention", self.model.attention in IMPLS, f"one of {IMPLS}"),
             ("model.compute_dtype", self.model.compute_dtype in ("float32", "bfloat16"), "dtype"),
             ("agent.kind", self.agent.kind in ("at", "dt", "bc"), "one of at, dt, bc"),
-            ("agent.tokens_per_step", self.agent.tokens_per_step in (1, 4), "1 or 4"),
+            ("agent.tokens_per_step", self.agent.tokens_per_step in (1, 3, 4), "1, 3 or 4"),
+            ("agent.completion_quantile", 0 <= self.agent.completion_quantile <= 1, "in [0, 1]"),
+            (
+                "agent.reward_scale",
+                self.agent.reward_scale is None or self.agent.reward_scale > 0,
+                "null (from the data) or > 0",
+            ),
             ("agent.num_trajectories", self.agent.num_trajectories >= 1, ">= 1"),
             ("data.top_fraction", 0 < self.data.top_fraction <= 1, "in (0, 1]"),
             ("model.block_size", self.model.block_size >= 1, ">= 1"),
+            ("model.feedforward", self.model.feedforward in ("blockwise", "full"), "either"),
             ("train.steps", self.train.steps >= 1, ">= 1"),
         ]
         for key, ok, want in checks:

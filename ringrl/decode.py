@@ -23,7 +23,6 @@ Shape suffixes: B batch (environments), N new tokens, C cache slots (local part 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -35,9 +34,9 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ringrl.context import Steps, build_chain, is_completed, pad_chain
 from ringrl.model import Transformer, TransformerConfig
 from ringrl.ops.reference import attention_mask
-from ringrl.sampler import build_chain, pad_chain
 
 SEQ_AXIS = "seq"
 
@@ -247,18 +246,6 @@ def decode_step(
 # ---- an agent acting from its own history, one environment step at a time ------------------
 
 
-@dataclasses.dataclass
-class Steps:
-    """An episode (maybe partial): ``observations [T, O]``, ``actions [T, A]``, ``rewards [T]``."""
-
-    observations: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.rewards)
-
-
 class TrialHistory:
     """The episodes of one trial so far, and the running one (for prefills and references)."""
 
@@ -292,16 +279,19 @@ class TrialHistory:
 class IncrementalPolicy:
     """An Agentic Transformer (or DT / BC) acting in ``E`` environments with a KV cache.
 
-    Each row of the cache holds one trial's context: whole previous episodes and the running
-    one, relabelled to the fixed ``target_return`` (so earlier tokens never change). Every
-    ``act`` embeds only the step's new tokens -- the previous step's action and reward tokens
-    and the current return and state tokens (4-token layout), ``[a, s]`` without returns, one
-    fused token in the 1-token layout -- and runs :func:`decode_step` on them.
+    Each row of the cache holds one trial's context, exactly the one the context rule
+    (:func:`ringrl.context.acting_chain`) builds for ``agent.act``: the most recent whole
+    previous episodes that fit, arranged by ``order`` (sorted by return, or as played), then the
+    running episode, relabelled to the fixed ``target_return`` (so tokens already written never
+    change within an episode). Every ``act`` embeds only the step's new tokens -- the previous
+    step's action and reward tokens and the current return and state tokens (4-token layout),
+    ``[a, R, s]`` (DT's 3 tokens), ``[a, s]`` without returns, one fused token in the 1-token
+    layout -- and runs :func:`decode_step` on them.
 
-    The context holds at most ``agent.cfg.context_steps`` steps: when a new episode begins and
-    the longest possible episode would not fit, the oldest whole episodes are evicted and the
-    row is prefilled again from the ones kept (``context_episodes`` says which). The action then
-    equals the agent's full recompute (``agent(agent.context(...))``) over that context.
+    When an episode ends, the rule decides the next context; if it is not the cached one with
+    the finished episode at its end (an older episode evicted, or the new one sorted before
+    others), the row is emptied and prefilled again from the arranged episodes. The action then
+    equals the agent's full recompute over the same history, to float rounding.
     """
 
     def __init__(
@@ -311,6 +301,7 @@ class IncrementalPolicy:
         target_return: float,
         max_episode_steps: int,
         *,
+        order: str = "sorted",
         mesh: Mesh | None = None,
         prefill_chunk: int = 256,
         cache_dtype: str = "float32",
@@ -318,12 +309,17 @@ class IncrementalPolicy:
         self.agent, self.mesh, self.E = agent, mesh, num_envs
         self.target = float(target_return)
         self.max_steps = int(max_episode_steps)
+        self.rule = agent.context_rule(self.max_steps, order)
+        if self.rule.context_steps < self.max_steps:
+            raise ValueError(
+                f"a KV cache needs a context ({self.rule.context_steps} steps) that holds a whole "
+                f"episode ({self.max_steps} steps); recompute windows instead"
+            )
         acfg = agent.cfg
         self.K, self.A = acfg.step_tokens, acfg.action_token
         self.O, self.act_dim = acfg.obs_dim, acfg.act_dim
-        self.context_steps = acfg.context_steps
         self.chunk = prefill_chunk
-        capacity = (self.context_steps + 1) * self.K + prefill_chunk
+        capacity = (self.rule.context_steps + 1) * self.K + prefill_chunk
         self.cache = init_cache(
             agent.transformer.cfg, num_envs, capacity, mesh=mesh, dtype=cache_dtype
         )
@@ -335,7 +331,9 @@ class IncrementalPolicy:
         self._prefill = jax.jit(self._prefill_fn, donate_argnums=4)
         self._embed = jax.jit(self._embed_fn)
         self.histories = [TrialHistory() for _ in range(num_envs)]
-        self.kept_from = np.zeros(num_envs, int)  # first history episode in the context
+        self.cached: list[list[int]] = [[] for _ in range(num_envs)]  # episodes in the cache
+        self.kept_from = np.zeros(num_envs, int)  # oldest history episode in the context
+        self.prefills = 0  # rows prefilled again (evictions or reordering)
         self._reset_prev(np.ones(num_envs, bool))
         self.pos = np.zeros(num_envs, int)  # host mirror of cache.pos
 
@@ -387,12 +385,12 @@ class IncrementalPolicy:
         self._reset_prev(rows)
         for e in np.flatnonzero(rows):
             self.histories[e] = TrialHistory()
-            self.kept_from[e] = 0
+            self.cached[e], self.kept_from[e] = [], 0
 
     def context_episodes(self, e: int, obs: np.ndarray) -> list[Steps]:
-        """The episodes in env ``e``'s context followed by the running one up to ``obs``."""
+        """The episodes in env ``e``'s context, in context order, then the running one."""
         h = self.histories[e]
-        return [*h.episodes[self.kept_from[e] :], h.partial(obs, self.act_dim)]
+        return [*(h.episodes[i] for i in self.cached[e]), h.partial(obs, self.act_dim)]
 
     def act(self, obs_EO: np.ndarray, active_E: np.ndarray | None = None) -> np.ndarray:
         """Actions ``[E, act_dim]`` in [-1, 1] for the current observations."""
@@ -429,41 +427,44 @@ class IncrementalPolicy:
             self.prev_obs[e], self.prev_act[e] = self.cur_obs[e], act_EA[e]
             self.prev_rew[e], self.prev_rtg[e] = rew_E[e], self._cur_rtg[e]
             self.prev_t[e], self.prev_exists[e] = self.t[e], True
-            self.prev_done[e] = float(bool(done_E[e]) and self.collected[e] >= self.target)
+            self.prev_done[e] = 0.0
             self.t[e] += 1
             if done_E[e]:
                 self.histories[e].end_episode()
                 self.collected[e], self.t[e] = 0.0, 0
-                self._make_room(e)
+                self._next_context(e)
 
-    # -- eviction -----------------------------------------------------------------------------
+    # -- the next episode's context -------------------------------------------------------------
 
-    def _make_room(self, e: int) -> None:
-        """Before a new episode: evict the oldest episodes if a full one might not fit."""
-        fits_tokens = self.pos[e] + (self.max_steps + 1) * self.K <= self.capacity
-        h = self.histories[e]
-        kept = h.episodes[self.kept_from[e] :]
-        fits_steps = sum(map(len, kept)) + self.max_steps <= self.context_steps
-        if fits_tokens and fits_steps:
+    def _next_context(self, e: int) -> None:
+        """After an episode: keep the cache if the rule's context extends it, else prefill."""
+        episodes = self.histories[e].episodes
+        first = self.rule.first_kept([len(ep) for ep in episodes])
+        arranged = [first + i for i in self.rule.arrange(episodes[first:])]
+        self.kept_from[e] = first
+        if arranged == [*self.cached[e], len(episodes) - 1]:
+            self.cached[e] = arranged
+            completed = is_completed(float(np.sum(episodes[-1].rewards)), self.rule.success_return)
+            self.prev_done[e] = float(completed)  # the finished episode's reward token
             return
-        while kept and sum(map(len, kept)) + self.max_steps > self.context_steps:
-            kept = kept[1:]
-            self.kept_from[e] += 1
         rows = np.zeros(self.E, bool)
         rows[e] = True
         self.cache = reset_rows(self.cache, jnp.asarray(rows))
-        self.pos[e] = 0
-        if not kept:
-            self.prev_exists[e] = False
-            return
-        self._prefill_row(e, kept)
+        self.pos[e], self.cached[e] = 0, arranged
+        self.prev_exists[e] = False
+        if arranged:
+            self._prefill_row(e, [episodes[i] for i in arranged])
 
     def _prefill_row(self, e: int, kept: list[Steps]) -> None:
-        chain = build_chain(kept, target=self.target, sort=False)
+        """Write ``kept`` (in this order) into row ``e``, but the last step's trailing tokens:
+        those come with the next ``act``, as after any step."""
+        chain = build_chain(
+            kept, target=self.target, success_return=self.rule.success_return, order="played"
+        )
         n = len(chain["mask"])
         T = -(-n // self.chunk) * self.chunk  # steps, padded (fewer recompilations)
         x_1LD = self._embed(self.state, {k: v[None] for k, v in pad_chain(chain, T).items()})
-        real = n * self.K - (self.K - self.A - 1)  # the last step's action/reward come next
+        real = n * self.K - (self.K - self.A - 1)
         ch = self.chunk * self.K
         for start in range(0, real, ch):
             count = min(ch, real - start)
@@ -473,3 +474,8 @@ class IncrementalPolicy:
                 self.state, x_1ND, seg_1N, np.asarray([count], np.int32), self.cache, e
             )
         self.pos[e] = real
+        self.prefills += 1
+        self.prev_obs[e], self.prev_act[e] = chain["observations"][-1], chain["actions"][-1]
+        self.prev_rew[e], self.prev_rtg[e] = chain["rewards"][-1], chain["returns_to_go"][-1]
+        self.prev_done[e], self.prev_t[e] = chain["completions"][-1], chain["timesteps"][-1]
+        self.prev_exists[e] = True

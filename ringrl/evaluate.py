@@ -2,17 +2,25 @@
 
 Protocol (Agentic Transformer): a *trial* is ``K`` successive episodes in one environment, each
 conditioned on the agent's own previous episodes of that trial (relabelled to one fixed target
-return, the dataset's best by default). ``T`` trials run in ``E`` parallel environments of a
-``gymnasium.vector.SyncVectorEnv``; trial ``i`` runs in environment ``i % E``, fixed in advance,
-so every environment runs a fixed quota of episodes and short episodes cannot crowd out long
-ones (the short-episode bias of "first N episodes to finish"). Episode ``k`` of trial ``i`` is
-reset with seed ``seed + 1000 * i + k``; the uniform-random baseline runs on the same seeds.
+return, the dataset's best by default), by the one context rule (:mod:`ringrl.context`: whole
+episodes, the most recent that fit, ``--order sorted`` by return as in training or ``played``).
+``T`` trials run in ``E`` parallel environments of a ``gymnasium.vector.SyncVectorEnv``; trial
+``i`` runs in environment ``i % E``, fixed in advance, so every environment runs a fixed quota of
+episodes and short episodes cannot crowd out long ones (the short-episode bias of "first N
+episodes to finish").
+
+Seeds: episode ``k`` of trial ``i`` is reset with seed ``seed + i * K + k``, so no reset seed
+repeats within an evaluation; ``ringrl compare`` gives every (method, training seed) its own
+block of seeds (:func:`seed_block`). ``eval.json`` lists them. The baselines -- uniform-random
+actions and the best constant action of a small grid (chosen on separate selection seeds) --
+run on the same reset seeds as the agent.
 
 Acting: with a context of at least two whole episodes the agent decodes incrementally from a
 KV cache (:class:`ringrl.decode.IncrementalPolicy`; sharded over ``"seq"`` with
 ``--seq-shards``), otherwise (DT, BC: windows of a few steps) it recomputes its window at
-every step (:class:`RecomputePolicy`). Outputs in the run directory: ``eval.json`` and
-``eval_curve.png`` (return against in-context episode index, mean +- std over trials).
+every step (:class:`RecomputePolicy`). Both build the same context. Outputs in the run
+directory: ``eval.json`` and ``eval_curve.png`` (return against in-context episode index, mean
+and 95% bootstrap interval over trials).
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+SEED_STRIDE = 10_000  # reset seeds per (method, training seed) block in a comparison
+CONSTANT_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # every action dimension set to one value
 
 # ---- policies ---------------------------------------------------------------------------------
 
@@ -54,14 +65,32 @@ class RandomPolicy:
         pass
 
 
-class RecomputePolicy:
-    """Full recompute: the agent's whole context (last ``context_steps`` steps) at every step.
+class ConstantPolicy(RandomPolicy):
+    """The same action at every step."""
 
-    The same context rules as ``agent.act`` (history relabelled to the target, in order), padded
-    to one fixed length so that a single compiled function serves every step.
+    def __init__(self, num_envs: int, action: np.ndarray):
+        self.action = np.broadcast_to(np.asarray(action, np.float32), (num_envs, len(action)))
+
+    def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
+        return self.action.copy()
+
+
+class RecomputePolicy:
+    """Full recompute: the context rule's whole context, run through the model at every step.
+
+    Padded to one fixed length so that a single compiled function serves every step.
     """
 
-    def __init__(self, agent, num_envs: int, target_return: float, *, mesh=None):
+    def __init__(
+        self,
+        agent,
+        num_envs: int,
+        target_return: float,
+        max_episode_steps: int,
+        *,
+        order: str = "sorted",
+        mesh=None,
+    ):
         import jax
         from flax import nnx
 
@@ -69,6 +98,7 @@ class RecomputePolicy:
         from ringrl.sampler import padded_steps
 
         self.agent, self.E, self.target, self.mesh = agent, num_envs, float(target_return), mesh
+        self.rule = agent.context_rule(max_episode_steps, order)
         c, m = agent.cfg, agent.transformer.cfg
         ring = m.attention == "ring"
         shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
@@ -86,16 +116,15 @@ class RecomputePolicy:
             self.histories[e] = TrialHistory()
 
     def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
-        from ringrl.sampler import build_chain, pad_chain
+        from ringrl.context import acting_chain, pad_chain
 
         chains, last = [], []
         for e in range(self.E):
             h = self.histories[e]
-            eps = [*h.episodes, h.partial(obs_EO[e], self.agent.cfg.act_dim)]
-            chain = build_chain(eps, target=self.target, sort=False, partial_last=True)
-            n = min(len(chain["mask"]), self.agent.cfg.context_steps)
-            chains.append(pad_chain({k: v[len(v) - n :] for k, v in chain.items()}, self.T))
-            last.append(n - 1)
+            running = h.partial(obs_EO[e], self.agent.cfg.act_dim)
+            chain, _ = acting_chain(h.episodes, running, self.rule, self.target)
+            chains.append(pad_chain(chain, self.T))
+            last.append(len(chain["mask"]) - 1)
         batch = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
         pred_ETA = np.asarray(self._predict(self.state, batch))
         self._obs = np.asarray(obs_EO, np.float32)
@@ -111,6 +140,20 @@ class RecomputePolicy:
 # ---- rollouts -----------------------------------------------------------------------------------
 
 
+def reset_seeds(seed: int, trials: int, episodes: int) -> np.ndarray:
+    """``[trials, episodes]`` reset seeds, all distinct: ``seed + trial * episodes + k``."""
+    return seed + np.arange(trials * episodes, dtype=np.int64).reshape(trials, episodes)
+
+
+def seed_block(method: int, train_seed: int) -> int:
+    """First reset seed of the evaluation of (method index, training seed) in a comparison.
+
+    Blocks of :data:`SEED_STRIDE` seeds never overlap: no reset seed is shared by two trials,
+    two training seeds or two methods. Collection uses seeds below the first block.
+    """
+    return SEED_STRIDE * (1000 + 100 * method + train_seed)
+
+
 def rollout(
     task: str,
     policy: Policy,
@@ -121,11 +164,13 @@ def rollout(
     seed: int = 0,
     progress: bool = False,
 ) -> tuple[np.ndarray, int]:
-    """``(returns [trials, episodes], env steps)``; trial ``i`` runs in env ``i % num_envs``."""
+    """``(returns [trials, episodes], env steps)``; trial ``i`` runs in env ``i % num_envs``,
+    its episode ``k`` reset with ``reset_seeds(seed, trials, episodes)[i, k]``."""
     import gymnasium as gym
 
     import envs
 
+    seeds = reset_seeds(seed, trials, episodes)
     E = min(num_envs, trials)
     vec = gym.vector.SyncVectorEnv(
         [lambda: envs.make(task) for _ in range(E)],
@@ -138,7 +183,7 @@ def rollout(
     returns = np.zeros((trials, episodes))
     steps = 0
     active = np.ones(E, bool)
-    obs, _ = vec.reset(seed=[seed + 1000 * int(i) for i in trial])
+    obs, _ = vec.reset(seed=[int(seeds[i, 0]) for i in trial])
     policy.start_trial(active.copy())
     bar = _bar(progress, trials * episodes)
     while active.any():
@@ -149,7 +194,7 @@ def rollout(
         returns[trial[active], episode[active]] += rew[active]
         steps += int(active.sum())
         policy.record(act, rew, done, active)
-        reset, seeds, new_trial = term | trunc, [None] * E, np.zeros(E, bool)
+        reset, new_seeds, new_trial = term | trunc, [None] * E, np.zeros(E, bool)
         for e in np.flatnonzero(done):
             bar is not None and bar.update(1)
             episode[e] += 1
@@ -158,9 +203,10 @@ def rollout(
                     trial[e], episode[e], new_trial[e] = queue[e].pop(0), 0, True
                 else:
                     active[e] = False
-            seeds[e] = seed + 1000 * int(trial[e]) + int(episode[e])
+            if active[e]:
+                new_seeds[e] = int(seeds[trial[e], episode[e]])
         if reset.any():
-            obs_reset, _ = vec.reset(seed=seeds, options={"reset_mask": reset})
+            obs_reset, _ = vec.reset(seed=new_seeds, options={"reset_mask": reset})
             obs_next = np.where(reset[:, None], obs_reset, obs_next)
         if new_trial.any():
             policy.start_trial(new_trial)
@@ -177,6 +223,36 @@ def _bar(enabled: bool, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="episodes", unit="ep", dynamic_ncols=True, file=sys.stderr)
+
+
+def baselines(
+    task: str, act_dim: int, *, trials: int, episodes: int, num_envs: int, seed: int
+) -> dict:
+    """Uniform-random and best-constant-action returns ``[trials, episodes]`` on the agent's
+    reset seeds. The constant is chosen from :data:`CONSTANT_GRID` by the mean return of one
+    episode per value on selection seeds just below ``seed`` (never evaluation seeds)."""
+    E = min(num_envs, trials)
+    kw = dict(trials=trials, episodes=episodes, num_envs=num_envs, seed=seed)
+    random_returns, _ = rollout(task, RandomPolicy(E, act_dim, seed), **kw)
+    selection = {}
+    for j, c in enumerate(CONSTANT_GRID):
+        r, _ = rollout(
+            task,
+            ConstantPolicy(1, np.full(act_dim, c)),
+            trials=1,
+            episodes=2,
+            num_envs=1,
+            seed=seed - 2 * (j + 1),
+        )
+        selection[c] = float(r.mean())
+    best = max(selection, key=selection.get)
+    const_returns, _ = rollout(task, ConstantPolicy(E, np.full(act_dim, best)), **kw)
+    return {
+        "random": random_returns,
+        "constant": const_returns,
+        "constant_action": best,
+        "constant_selection": selection,
+    }
 
 
 # ---- loading a trained agent --------------------------------------------------------------------
@@ -220,7 +296,14 @@ def load_agent(path: str | Path, *, data_path: str | None = None):
 
 
 def make_policy(
-    agent, num_envs: int, target: float, max_steps: int, *, decode: str, seq_shards: int
+    agent,
+    num_envs: int,
+    target: float,
+    max_steps: int,
+    *,
+    decode: str,
+    seq_shards: int,
+    order: str = "sorted",
 ):
     """A KV-cache policy when the context holds >= 2 whole episodes (or asked), else recompute."""
     from ringrl.decode import IncrementalPolicy
@@ -231,18 +314,34 @@ def make_policy(
         decode = "cache" if agent.cfg.context_steps >= 2 * max_steps else "recompute"
     if decode == "cache":
         mesh = make_mesh(1, seq_shards) if seq_shards > 1 else None
-        return IncrementalPolicy(agent, num_envs, target, max_steps, mesh=mesh), decode
+        policy = IncrementalPolicy(agent, num_envs, target, max_steps, order=order, mesh=mesh)
+        return policy, decode
     if agent.transformer.cfg.attention == "ring":  # one device is plenty for a window
         agent.transformer = with_attention(agent.transformer, "blockwise")
-    return RecomputePolicy(agent, num_envs, target), decode
+    return RecomputePolicy(agent, num_envs, target, max_steps, order=order), decode
 
 
 # ---- results -------------------------------------------------------------------------------------
 
 
-def summarize(task: str, method: str, returns: np.ndarray, random_returns: np.ndarray) -> dict:
-    """The ``eval.json`` numbers for ``returns [trials, episodes]``."""
+def _curve(returns: np.ndarray) -> tuple[list, list]:
+    """Per-episode mean over trials and its 95% bootstrap interval (rows: trials)."""
+    from ringrl.stats import interval
+
+    cis = [interval(returns[:, k], n_resamples=2000) for k in range(returns.shape[1])]
+    return [round(c["mean"], 3) for c in cis], [[round(x, 3) for x in c["ci95"]] for c in cis]
+
+
+def summarize(task: str, method: str, returns: np.ndarray, base: dict | None = None) -> dict:
+    """The ``eval.json`` numbers for ``returns [trials, episodes]`` and the baselines.
+
+    The headline is the final in-context episode (``final_return``); beside it the mean over a
+    trial's episodes and the AT paper's max over them (optimistic: labelled). Intervals here are
+    95% bootstrap intervals over trials of one trained model; ``ringrl compare`` puts intervals
+    over training seeds on top.
+    """
     import envs
+    from ringrl.stats import interval
 
     def norm(x: float) -> float | None:
         try:
@@ -250,112 +349,202 @@ def summarize(task: str, method: str, returns: np.ndarray, random_returns: np.nd
         except ValueError:  # a task without reference scores
             return None
 
-    final = float(returns[:, -1].mean())
-    best = float(returns.max(1).mean())
-    rand = float(random_returns.mean())
-    return {
+    final = interval(returns[:, -1])
+    mean = interval(returns.mean(1))
+    best = interval(returns.max(1))
+    curve, curve_ci = _curve(returns)
+    out = {
         "task": task,
         "method": method,
         "trials": int(returns.shape[0]),
         "episodes": int(returns.shape[1]),
         "returns": returns.round(3).tolist(),
-        "episode_return_mean": returns.mean(0).round(3).tolist(),
+        "episode_return_mean": curve,
+        "episode_return_ci95": curve_ci,
         "episode_return_std": returns.std(0).round(3).tolist(),
-        "final_return_mean": final,
+        "final_return_mean": final["mean"],
+        "final_return_ci95": final["ci95"],
         "final_return_std": float(returns[:, -1].std()),
-        "max_return_mean": best,
+        "mean_return_mean": mean["mean"],
+        "mean_return_ci95": mean["ci95"],
+        "max_return_mean": best["mean"],
         "max_return_note": "AT paper's number: max over the in-context episodes of a trial, "
         "averaged over trials (optimistic; final_return_mean is the honest one)",
-        "final_normalized_mean": norm(final),
-        "max_normalized_mean": norm(best),
-        "random_return_mean": rand,
-        "random_normalized_mean": norm(rand),
-        "random_returns": random_returns.round(3).tolist(),
+        "final_normalized_mean": norm(final["mean"]),
+        "max_normalized_mean": norm(best["mean"]),
+        "ci_note": "95% percentile-bootstrap intervals over trials of this one trained model",
     }
+    if base is not None:
+        rand, const = base["random"], base["constant"]
+        out.update(
+            random_return_mean=float(rand.mean()),
+            random_return_ci95=interval(rand.mean(1))["ci95"],
+            random_normalized_mean=norm(float(rand.mean())),
+            random_returns=rand.round(3).tolist(),
+            constant_action=base["constant_action"],
+            constant_selection=base["constant_selection"],
+            constant_return_mean=float(const.mean()),
+            constant_return_ci95=interval(const.mean(1))["ci95"],
+            constant_returns=const.round(3).tolist(),
+        )
+    return out
 
 
 def plot_curve(results: list[dict], path: str | Path, title: str = "") -> None:
-    """Return against in-context episode index (mean +- std over trials), one line per result."""
+    """Return against in-context episode index (mean and 95% interval over trials)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
-        mean, std = np.asarray(r["episode_return_mean"]), np.asarray(r["episode_return_std"])
+        mean = np.asarray(r["episode_return_mean"])
         x = np.arange(1, len(mean) + 1)
-        ax.plot(x, mean, marker="o", label=r["method"])
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
-    if results:
+        ax.plot(x, mean, marker="o", label=r.get("label", r["method"]))
+        if "episode_return_ci95" in r:
+            lo, hi = np.asarray(r["episode_return_ci95"]).T
+            ax.fill_between(x, lo, hi, alpha=0.2)
+    if results and "random_return_mean" in results[0]:
         ax.axhline(results[0]["random_return_mean"], color="gray", ls=":", label="random")
-        if "target_return" in results[0]:
-            ax.axhline(results[0]["target_return"], color="k", ls="--", lw=0.8, label="target")
+        ax.axhline(results[0]["constant_return_mean"], color="gray", ls="-.", label="best constant")
+    if results and "target_return" in results[0]:
+        ax.axhline(results[0]["target_return"], color="k", ls="--", lw=0.8, label="target")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("episode in context (trial)")
-    ax.set_ylabel("return")
+    ax.set_ylabel("return (mean, 95% CI over trials)")
     ax.set_title(title or (results[0]["task"] if results else ""))
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_trials(
+    agent,
+    task: str,
+    *,
+    trials: int,
+    episodes: int,
+    num_envs: int,
+    target: float,
+    seed: int,
+    order: str = "sorted",
+    decode: str = "auto",
+    seq_shards: int = 1,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """An agent's in-context returns ``[trials, episodes]`` and how they were made."""
+    import envs
+
+    max_steps = int(envs.max_episode_steps(task))
+    policy, mode = make_policy(
+        agent,
+        min(num_envs, trials),
+        target,
+        max_steps,
+        decode=decode,
+        seq_shards=seq_shards,
+        order=order,
+    )
+    t0 = time.perf_counter()
+    returns, steps = rollout(
+        task,
+        policy,
+        trials=trials,
+        episodes=episodes,
+        num_envs=num_envs,
+        seed=seed,
+        progress=progress,
+    )
+    wall = time.perf_counter() - t0
+    info = {
+        "decode": mode,
+        "order": order,
+        "target_return": float(target),
+        "reset_seeds": reset_seeds(seed, trials, episodes).tolist(),
+        "context_steps": int(agent.cfg.context_steps),
+        "success_return": float(agent.success_return[...]),
+        "wall_s": round(wall, 2),
+        "env_steps": steps,
+        "env_steps_per_s": round(steps / wall, 1),
+    }
+    return returns, info
 
 
 def evaluate(
     path: str | Path,
     *,
     episodes: int | None = None,
-    trials: int = 5,
+    trials: int = 10,
     num_envs: int = 5,
     target: float | None = None,
     target_scale: float = 1.0,
-    seed: int = 0,
+    seed: int | None = None,
+    order: str = "sorted",
     decode: str = "auto",
     seq_shards: int = 1,
     task: str | None = None,
     data_path: str | None = None,
     out_dir: str | Path | None = None,
+    with_baselines: bool = True,
     progress: bool = False,
 ) -> dict:
-    """Evaluate a run (see the module docstring); writes ``eval.json`` and ``eval_curve.png``."""
-    import envs
+    """Evaluate a run (see the module docstring); writes ``eval.json`` and ``eval_curve.png``.
 
+    ``episodes`` defaults to 2N for AT (does improvement continue past the training context?)
+    and 1 for DT/BC; ``seed`` (the first reset seed) to :func:`seed_block` of the run's
+    training seed.
+    """
     agent, cfg, ds, step = load_agent(path, data_path=data_path)
     task = task or ds.metadata.get("task") or cfg.data.task
     if not task:
         raise ValueError("the dataset names no task; pass --task")
     kind = cfg.agent.kind
-    K = episodes or (cfg.agent.num_trajectories if kind == "at" else 1)
+    K = episodes or (2 * cfg.agent.num_trajectories if kind == "at" else 1)
+    seed = seed_block(0, cfg.train.seed) if seed is None else int(seed)
     best = float(ds.returns.max())
     target = best * target_scale if target is None else float(target)
-    max_steps = int(envs.max_episode_steps(task))
-    policy, mode = make_policy(
-        agent, min(num_envs, trials), target, max_steps, decode=decode, seq_shards=seq_shards
+    returns, info = run_trials(
+        agent,
+        task,
+        trials=trials,
+        episodes=K,
+        num_envs=num_envs,
+        target=target,
+        seed=seed,
+        order=order,
+        decode=decode,
+        seq_shards=seq_shards,
+        progress=progress,
     )
-    t0 = time.perf_counter()
-    returns, steps = rollout(
-        task, policy, trials=trials, episodes=K, num_envs=num_envs, seed=seed, progress=progress
-    )
-    wall = time.perf_counter() - t0
-    rand = RandomPolicy(min(num_envs, trials), ds.act_dim, seed)
-    random_returns, _ = rollout(task, rand, trials=trials, episodes=1, num_envs=num_envs, seed=seed)
-    result = summarize(task, kind, returns, random_returns[:, 0])
+    base = None
+    if with_baselines:
+        base = baselines(task, ds.act_dim, trials=trials, episodes=K, num_envs=num_envs, seed=seed)
+    result = summarize(task, kind, returns, base)
     result.update(
-        target_return=target,
+        info,
+        run=cfg.name,
+        train_seed=cfg.train.seed,
+        num_trajectories=cfg.agent.num_trajectories,
         dataset_best_return=best,
         dataset_mean_return=float(ds.returns.mean()),
         checkpoint_step=step,
-        decode=mode,
-        context_steps=agent.cfg.context_steps,
-        wall_s=round(wall, 2),
-        env_steps=steps,
-        env_steps_per_s=round(steps / wall, 1),
     )
     run_dir, _ = find_run(path)
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    _write_json(out / "eval.json", result)
     plot_curve([result], out / "eval_curve.png", f"{task}: {cfg.name}")
     return result
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Atomic: a temporary file next to ``path``, then renamed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 # ---- CLI --------------------------------------------------------------------------------------
@@ -367,9 +556,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--episodes",
         type=int,
         default=None,
-        help="in-context episodes per trial (default: AT N, DT/BC 1)",
+        help="in-context episodes per trial (default: AT 2N, DT/BC 1)",
     )
-    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--trials", type=int, default=10, help="trials (default: %(default)s)")
     parser.add_argument("--envs", type=int, default=5, help="parallel environments")
     parser.add_argument(
         "--target",
@@ -378,7 +567,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="target return (default: dataset best x --target-scale)",
     )
     parser.add_argument("--target-scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="first reset seed; episode k of trial i uses seed + i*K + k "
+        "(default: this training seed's own block)",
+    )
+    parser.add_argument(
+        "--order",
+        choices=["sorted", "played"],
+        default="sorted",
+        help="order of the previous episodes in the context: by return as in training, or as "
+        "played (default: %(default)s)",
+    )
     parser.add_argument("--decode", choices=["auto", "cache", "recompute"], default="auto")
     parser.add_argument(
         "--seq-shards",
@@ -389,6 +591,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=None, help="env id (default: the dataset's task)")
     parser.add_argument("--data", default=None, help="dataset path (default: the config's)")
     parser.add_argument("--out", default=None, help="output directory (default: the run dir)")
+    parser.add_argument("--no-baselines", action="store_true", help="skip random/constant")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -401,17 +604,27 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         target_scale=args.target_scale,
         seed=args.seed,
+        order=args.order,
         decode=args.decode,
         seq_shards=args.seq_shards,
         task=args.task,
         data_path=args.data,
         out_dir=args.out,
+        with_baselines=not args.no_baselines,
         progress=not args.no_progress,
     )
+    from ringrl.stats import describe
+
+    def ci(key: str) -> str:
+        return describe({"mean": r[f"{key}_mean"], "ci95": r[f"{key}_ci95"]})
+
     curve = " ".join(f"{x:.1f}" for x in r["episode_return_mean"])
-    print(
-        f"{r['task']} {r['method']}: final {r['final_return_mean']:.1f} ± "
-        f"{r['final_return_std']:.1f}, max-over-episodes (AT paper) {r['max_return_mean']:.1f}, "
-        f"random {r['random_return_mean']:.1f}; per-episode mean: {curve}"
+    line = (
+        f"{r['task']} {r['method']} ({r['trials']} trials x {r['episodes']} episodes, "
+        f"95% CI over trials): final {ci('final_return')}, mean over episodes "
+        f"{ci('mean_return')}, max-over-episodes (AT paper) {r['max_return_mean']:.1f}"
     )
+    if "random_return_mean" in r:
+        line += f"; random {ci('random_return')}, best constant {ci('constant_return')}"
+    print(f"{line}\nper-episode mean: {curve}")
     return 0

@@ -1,8 +1,9 @@
 """A pre-norm decoder Transformer in Flax NNX whose attention implementation is a config choice.
 
-The parameters never depend on ``attention`` (``vanilla | blockwise | ring``) or ``block_size``:
-a checkpoint trained with one runs with any other. The model maps embedded tokens to hidden
-states; token and position embeddings belong to the agent that owns the token layout.
+The parameters never depend on ``attention`` (``vanilla | blockwise | ring``), ``block_size`` or
+``feedforward`` (``blockwise | full``): a checkpoint trained with one runs with any other. The
+model maps embedded tokens to hidden states; token and position embeddings belong to the agent
+that owns the token layout.
 
 Shape suffixes: B batch, L sequence, D model width, H query heads, K kv heads, E head dim,
 F feed-forward width.
@@ -32,6 +33,8 @@ from ringrl.ops.feedforward import blockwise_map
 from ringrl.ops.remat import remat
 from ringrl.parallel import make_mesh
 
+FEEDFORWARDS = ("blockwise", "full")
+
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
@@ -46,6 +49,7 @@ class TransformerConfig:
     compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
     remat: bool = True  # rematerialise each layer's activations in the backward pass
     causal: bool = True
+    feedforward: str = "blockwise"  # position-wise parts block by block | "full": whole sequence
 
     def __post_init__(self):
         if self.attention not in IMPLS:
@@ -57,6 +61,8 @@ class TransformerConfig:
             )
         if self.compute_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype}")
+        if self.feedforward not in FEEDFORWARDS:
+            raise ValueError(f"feedforward must be one of {FEEDFORWARDS}, got {self.feedforward!r}")
 
     @property
     def dtype(self) -> jnp.dtype:
@@ -160,18 +166,25 @@ class Block(nnx.Module):
         keys: Array | None = None,
         layout: str | None = None,
     ) -> Array:
-        """One pre-norm layer. Everything position-wise (the norms, the projections, the MLP,
-        dropout, the residual sums) runs block by block with rematerialisation, so that only the
-        layer's input and output, q/k/v and the attention output ever exist for the whole
-        sequence. ``keys``: from :meth:`dropout_keys` (drawn here when not given); ``layout``:
-        see :meth:`Attention.attend`."""
+        """One pre-norm layer. With ``feedforward="blockwise"`` everything position-wise (the
+        norms, the projections, the MLP, dropout, the residual sums) runs block by block with
+        rematerialisation, so that only the layer's input and output, q/k/v and the attention
+        output ever exist for the whole sequence; with ``"full"`` it runs on the whole sequence
+        at once, as in an ordinary Transformer. ``keys``: from :meth:`dropout_keys` (drawn here
+        when not given); ``layout``: see :meth:`Attention.attend`."""
         cfg = self.cfg
         if keys is None:
             keys = self.dropout_keys(deterministic)
-        blockwise = functools.partial(
-            blockwise_map, block_size=cfg.block_size, num_shards=_shards(cfg, mesh)
-        )
-        qkv = blockwise(lambda x: self.attn.project(self.norm1(x).astype(cfg.dtype)), x_BLD)
+        if cfg.feedforward == "blockwise":
+            position_wise = functools.partial(
+                blockwise_map,
+                block_size=cfg.block_size,
+                num_shards=_shards(cfg, mesh),
+                with_index=True,
+            )
+        else:  # the whole sequence as one block
+            position_wise = lambda fn, *xs: fn(*xs, jnp.int32(0))  # noqa: E731
+        qkv = position_wise(lambda x, i: self.attn.project(self.norm1(x).astype(cfg.dtype)), x_BLD)
         out_BLHE = self.attn.attend(*qkv, segment_ids_BL, mesh, layout)
         out_BLF = out_BLHE.reshape(*out_BLHE.shape[:2], -1)
 
@@ -184,7 +197,7 @@ class Block(nnx.Module):
             x = x + drop(self.attn.o(out), 0)
             return x + drop(self.mlp(self.norm2(x).astype(cfg.dtype)), 1)
 
-        return blockwise(residuals, x_BLD, out_BLF, with_index=True)
+        return position_wise(residuals, x_BLD, out_BLF)
 
 
 def _shards(cfg: TransformerConfig, mesh: Mesh | None) -> int:
@@ -240,9 +253,12 @@ class Transformer(nnx.Module):
                 x_BLD = remat(layer)(state, x_BLD, segment_ids, keys)
             else:
                 x_BLD = block(x_BLD, segment_ids, mesh, deterministic, keys, layout)
-        x_BLD = blockwise_feedforward(
-            self.norm, x_BLD, block_size=self.cfg.block_size, num_shards=_shards(self.cfg, mesh)
-        )
+        if self.cfg.feedforward == "blockwise":
+            x_BLD = blockwise_feedforward(
+                self.norm, x_BLD, block_size=self.cfg.block_size, num_shards=_shards(self.cfg, mesh)
+            )
+        else:
+            x_BLD = self.norm(x_BLD)
         return from_ring_layout(x_BLD, mesh, layout) if relayout else x_BLD
 
     def ring_layout(self, mesh: Mesh | None) -> str | None:

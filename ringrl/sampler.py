@@ -1,20 +1,13 @@
 """Chain-of-hindsight sampler: batches of relabelled trajectory chains, built on the host.
 
-One *chain* is ``num_trajectories`` episodes of one dataset, sorted by return ascending and
-concatenated step after step. Every trajectory's target return is relabelled to the highest
-return in the chain, so the return-to-go at step ``t`` of trajectory ``j`` is
-``target - sum(rewards of j before t)``, and a trajectory's last step carries a completion flag
-when its own return reaches the target (Agentic Transformer, Liu & Abbeel 2023). With one
-trajectory per chain the target is the episode's own return: Decision Transformer's
-return-to-go.
+One *chain* is ``num_trajectories`` episodes of one dataset, arranged, relabelled and flagged by
+the one context rule (:mod:`ringrl.context`: sorted by return ascending for the Agentic
+Transformer, every trajectory's target the chain's best return, completion flags at a fixed
+data-derived level). With one trajectory per chain the target is the episode's own return:
+Decision Transformer's return-to-go.
 
-Batches are per-step arrays (the agent turns steps into tokens), padded at the end to a length
-the attention implementation accepts; padded steps have ``mask == 0``:
-
-    observations [B, T, obs_dim] float32   actions [B, T, act_dim] float32
-    rewards      [B, T] float32            returns_to_go [B, T] float32 (unscaled)
-    completions  [B, T] float32            timesteps [B, T] int32 (within the episode)
-    mask         [B, T] float32 (1 = a real step)
+Batches are :mod:`ringrl.context`'s per-step arrays with a batch axis ``[B, T, ...]``, padded at
+the end to a length the attention implementation accepts; padded steps have ``mask == 0``.
 
 Determinism: the chain in row ``r`` of step ``s`` comes from ``np.random.default_rng([seed, s,
 r])``, so a batch depends only on ``(seed, step)``; the sampler's whole state is the next step.
@@ -26,15 +19,10 @@ import dataclasses
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol
 
 import numpy as np
 
-
-class EpisodeLike(Protocol):
-    observations: np.ndarray  # [T, obs_dim]
-    actions: np.ndarray  # [T, act_dim]
-    rewards: np.ndarray  # [T]
+from ringrl.context import ContextRule, EpisodeLike, build_chain, pad_chain  # noqa: F401
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +35,8 @@ class SamplerConfig:
     block_size: int = 512  # attention / feed-forward block
     seq_shards: int = 1  # devices on the mesh's "seq" axis
     ring: bool = False  # ring attention: zigzag layout needs 2 * seq_shards chunks
+    order: str = "sorted"  # context order (ringrl.context): sorted by return | played
+    success_return: float = float("inf")  # completion-flag level (ringrl.context)
 
 
 def _valid_length(L: int, block_size: int, seq_shards: int, ring: bool) -> bool:
@@ -73,65 +63,6 @@ def padded_steps(
     ):
         T += 1
     return T
-
-
-def build_chain(
-    episodes: Sequence[EpisodeLike],
-    starts: Sequence[int] | None = None,
-    window: int | None = None,
-    *,
-    target: float | None = None,
-    sort: bool = True,
-    partial_last: bool = False,
-) -> dict[str, np.ndarray]:
-    """One relabelled chain (unpadded) of ``episodes``.
-
-    Sorts by (full-episode) return ascending, relabels every trajectory's target to the chain's
-    highest return and concatenates the windows ``[start, start + window)`` of the episodes.
-    Returns-to-go count the reward collected since the episode's start, so windows keep the
-    episode's true return-to-go; the completion flag sits on an episode's last step (when the
-    window includes it) if the episode's return reaches the target.
-
-    For acting: ``target`` replaces the chain's best return, ``sort=False`` keeps the given
-    order, and ``partial_last`` marks the last episode as still running (no completion flag).
-    """
-    returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
-    order = np.argsort(returns, kind="stable") if sort else np.arange(len(episodes))
-    target = returns.max() if target is None else target
-    starts = [0] * len(episodes) if starts is None else list(starts)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in _STEP_KEYS}
-    for j in order:
-        ep, start = episodes[j], starts[j]
-        T = len(ep.rewards)
-        stop = T if window is None else min(T, start + window)
-        rewards = np.asarray(ep.rewards, np.float32)
-        collected = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)[:-1]])
-        completion = np.zeros(T, np.float32)
-        if not (partial_last and j == len(episodes) - 1):
-            completion[-1] = float(returns[j] >= target)
-        sl = slice(start, stop)
-        parts["observations"].append(np.asarray(ep.observations, np.float32)[sl])
-        parts["actions"].append(np.asarray(ep.actions, np.float32)[sl])
-        parts["rewards"].append(rewards[sl])
-        parts["returns_to_go"].append((target - collected[sl]).astype(np.float32))
-        parts["completions"].append(completion[sl])
-        parts["timesteps"].append(np.arange(start, stop, dtype=np.int32))
-    chain = {k: np.concatenate(v) for k, v in parts.items()}
-    chain["mask"] = np.ones(len(chain["rewards"]), np.float32)
-    return chain
-
-
-_STEP_KEYS = ("observations", "actions", "rewards", "returns_to_go", "completions", "timesteps")
-
-
-def pad_chain(chain: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Zero-pad (or keep the last ``length`` steps of) every array of a chain to ``length``."""
-    out = {}
-    for k, x in chain.items():
-        x = x[-length:]
-        pad = [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1)
-        out[k] = np.pad(x, pad)
-    return out
 
 
 class ChainSampler:
@@ -165,7 +96,13 @@ class ChainSampler:
             T = int(self.lengths[i])
             hi = T if cfg.random_window_start else max(T - cfg.steps_per_trajectory, 0) + 1
             starts.append(int(rng.integers(0, hi)))
-        chain = build_chain([self.episodes[i] for i in idx], starts, cfg.steps_per_trajectory)
+        chain = build_chain(
+            [self.episodes[i] for i in idx],
+            success_return=cfg.success_return,
+            order=cfg.order,
+            starts=starts,
+            window=cfg.steps_per_trajectory,
+        )
         return pad_chain(chain, self.num_steps)
 
     def sample(self, step: int, rows: range | None = None) -> dict[str, np.ndarray]:

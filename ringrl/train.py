@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -28,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from agents import BC, AgenticTransformer, DecisionTransformer
 from agents.agentic import AgentConfig
 from ringrl.config import Config, ConfigError, add_override_argument, dump_config, load_config
+from ringrl.context import completion_level, data_scales, visible_completion_fraction
 from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
 from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
@@ -50,7 +52,6 @@ def agent_config(cfg: Config, obs_dim: int, act_dim: int) -> AgentConfig:
         tokens_per_step=a.tokens_per_step,
         use_returns=a.kind != "bc",
         max_timestep=a.max_timestep,
-        reward_scale=a.reward_scale,
         context_steps=a.num_trajectories * a.steps_per_trajectory,
     )
 
@@ -59,7 +60,9 @@ def transformer_config(cfg: Config) -> TransformerConfig:
     return TransformerConfig(**dataclasses.asdict(cfg.model))
 
 
-def sampler_config(cfg: Config, acfg: AgentConfig, mesh: Mesh) -> SamplerConfig:
+def sampler_config(
+    cfg: Config, acfg: AgentConfig, mesh: Mesh, success_return: float = float("inf")
+) -> SamplerConfig:
     return SamplerConfig(
         num_trajectories=cfg.agent.num_trajectories,
         steps_per_trajectory=cfg.agent.steps_per_trajectory,
@@ -69,7 +72,24 @@ def sampler_config(cfg: Config, acfg: AgentConfig, mesh: Mesh) -> SamplerConfig:
         block_size=cfg.model.block_size,
         seq_shards=mesh.shape["seq"],
         ring=cfg.model.attention == "ring",
+        success_return=success_return,
     )
+
+
+def data_statistics(cfg: Config, ds) -> dict:
+    """What the agent learns from the data before training, stored in its checkpoint:
+    observation mean/std, return and reward scales, the completion level (ringrl.context)."""
+    obs_all = np.concatenate([ep.observations for ep in ds.episodes])
+    return_scale, reward_scale = data_scales(ds.episodes)
+    if cfg.agent.reward_scale is not None:
+        return_scale = reward_scale = cfg.agent.reward_scale
+    return {
+        "obs_mean": obs_all.mean(0),
+        "obs_std": obs_all.std(0),
+        "return_scale": return_scale,
+        "reward_scale": reward_scale,
+        "success_return": completion_level(ds.returns, cfg.agent.completion_quantile),
+    }
 
 
 def lr_schedule(cfg: Config) -> optax.Schedule:
@@ -95,21 +115,20 @@ def init_state(
     obs_dim: int,
     act_dim: int,
     mesh: Mesh,
-    obs_mean: np.ndarray | None = None,
-    obs_std: np.ndarray | None = None,
+    stats: dict | None = None,
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """``(graphdef, rng_state, state)`` of ``(agent, optimizer)``, replicated over ``mesh``.
 
     ``state`` (parameters, optimizer state, dataset statistics) is what gets checkpointed; the
     dropout RNG is reseeded from ``(seed, step)`` at every step, so it needs no saving.
+    ``stats``: :func:`data_statistics` (None: placeholders, restored from a checkpoint).
     """
     seed = cfg.train.seed
     agent = AGENTS[cfg.agent.kind](
         agent_config(cfg, obs_dim, act_dim),
         transformer_config(cfg),
         rngs=nnx.Rngs(params=seed, dropout=seed),
-        obs_mean=obs_mean,
-        obs_std=obs_std,
+        **(stats or {}),
     )
     opt = nnx.Optimizer(agent, make_optimizer(cfg), wrt=nnx.Param)
     graphdef, rng_state, state = nnx.split((agent, opt), nnx.RngState, ...)
@@ -162,15 +181,15 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
     t = cfg.train
 
     ds = _load_episodes(cfg)
-    obs_all = np.concatenate([ep.observations for ep in ds.episodes])
     mesh = make_mesh(t.mesh_data, t.mesh_seq)
     if t.batch_size % mesh.shape["data"]:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must divide by train.mesh_data")
-    graphdef, rng_state, state = init_state(
-        cfg, ds.obs_dim, ds.act_dim, mesh, obs_all.mean(0), obs_all.std(0)
-    )
+    stats = data_statistics(cfg, ds)
+    graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh, stats)
     acfg = agent_config(cfg, ds.obs_dim, ds.act_dim)
-    sampler = ChainSampler(ds.episodes, sampler_config(cfg, acfg, mesh), seed=t.seed)
+    scfg = sampler_config(cfg, acfg, mesh, stats["success_return"])
+    sampler = ChainSampler(ds.episodes, scfg, seed=t.seed)
+    _write_data_report(run_dir, cfg, ds, stats, sampler)
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
     start = 0
@@ -248,6 +267,36 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
         ckpt.close()
         logger.close()
     return status
+
+
+def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: ChainSampler) -> None:
+    """``data.json``: what the agent learned from the data, and whether the data fits chains."""
+    N = cfg.agent.num_trajectories
+    rngs = (np.random.default_rng([cfg.train.seed, 2**32 - 1, i]) for i in range(200))
+    chains = [sampler.sample_chain(rng) for rng in rngs]
+    q = np.percentile(ds.returns, [0, 25, 50, 75, 100])
+    report = {
+        "dataset": str(cfg.data.path),
+        "episodes": int(ds.num_episodes),
+        "steps": int(ds.num_steps),
+        "returns": dict(zip(("min", "p25", "median", "p75", "max"), map(float, q), strict=True)),
+        "return_scale": float(stats["return_scale"]),
+        "reward_scale": float(stats["reward_scale"]),
+        "success_return": float(stats["success_return"]),
+        "completion_quantile": cfg.agent.completion_quantile,
+        "visible_completion_fraction": visible_completion_fraction(chains),
+        "action_targets_per_update": float(np.mean([c["mask"].sum() for c in chains]))
+        * cfg.train.batch_size,
+        "episodes_per_chain": N,
+        "enough_episodes": bool(ds.num_episodes >= 10 * N),
+    }
+    if not report["enough_episodes"]:
+        print(
+            f"warning: {cfg.data.path} has {ds.num_episodes} episodes, fewer than 10 x N = "
+            f"{10 * N} for chains of {N}: chains will often repeat episodes",
+            file=sys.stderr,
+        )
+    (run_dir / "data.json").write_text(json.dumps(report, indent=1))
 
 
 def _progress(enabled: bool, start: int, total: int, name: str):

@@ -51,7 +51,7 @@ def make_agent(cls=AgenticTransformer, tokens_per_step=4, attention="vanilla", l
         dropout=0.0,
         remat=False,
     )
-    return cls(cfg, mcfg, rngs=nnx.Rngs(0))
+    return cls(cfg, mcfg, rngs=nnx.Rngs(0), success_return=4.0)
 
 
 def batch(agent, n_traj=3, seed=0, block=8, shards=1, ring=False):
@@ -71,7 +71,7 @@ def predict(agent, b, mesh=None):
     return np.asarray(_predict(agent, {k: jnp.asarray(v) for k, v in b.items()}, mesh))
 
 
-@pytest.mark.parametrize("tokens_per_step", [4, 1])
+@pytest.mark.parametrize("tokens_per_step", [4, 3, 1])
 @pytest.mark.parametrize("use_returns", [True, False])
 def test_an_action_prediction_never_sees_its_own_or_future_actions(tokens_per_step, use_returns):
     agent = make_agent(tokens_per_step=tokens_per_step, use_returns=use_returns)
@@ -87,7 +87,7 @@ def test_an_action_prediction_never_sees_its_own_or_future_actions(tokens_per_st
     assert not np.allclose(predict(agent, b3)[:, t], base[:, t])
 
 
-@pytest.mark.parametrize("tokens_per_step", [4, 1])
+@pytest.mark.parametrize("tokens_per_step", [4, 3, 1])
 def test_future_returns_rewards_and_states_are_hidden_too(tokens_per_step):
     agent = make_agent(tokens_per_step=tokens_per_step)
     b = batch(agent)
@@ -105,6 +105,7 @@ def test_token_counts_per_layout():
     assert make_agent(tokens_per_step=4).cfg.step_tokens == 4
     assert make_agent(BC, tokens_per_step=4).cfg.step_tokens == 2  # (state, action)
     assert make_agent(tokens_per_step=1).cfg.step_tokens == 1
+    assert make_agent(DecisionTransformer, tokens_per_step=3).cfg.step_tokens == 3  # (R, s, a)
     assert not make_agent(BC).cfg.use_returns
     assert make_agent(DecisionTransformer).cfg.use_returns
 
@@ -147,15 +148,48 @@ def with_attention_agent(agent, impl):
 
 
 def test_act_returns_the_last_steps_action_and_ignores_its_own_unknown_action():
-    agent = make_agent(context_steps=12)
+    agent = make_agent(context_steps=30)
     past = episodes(2, seed=1)
     cur = Ep(past[0].observations[:4], past[0].actions[:3], past[0].rewards[:3])
-    a = agent.act([*past, cur], target_return=3.0)
+    kw = dict(max_episode_steps=10)
+    a = agent.act([*past, cur], target_return=3.0, **kw)
     assert a.shape == (ACT,) and np.all(np.abs(a) <= 1)
     # the same as predicting over the context batch by hand
-    b, last = agent.context([*past, cur], 3.0, block_size=8)
-    assert last == 11 and b["returns_to_go"][0, last] == pytest.approx(3.0 - cur.rewards.sum())
+    b, last = agent.context([*past, cur], 3.0, block_size=8, **kw)
+    assert last == sum(len(ep.rewards) for ep in past) + 3  # both whole episodes, then 4 steps
+    assert b["returns_to_go"][0, last] == pytest.approx(3.0 - cur.rewards.sum())
     np.testing.assert_allclose(predict(agent, b)[0, last], a, atol=1e-6)
+    cur2 = Ep(cur.observations, cur.actions + 0.5, cur.rewards)  # the current action is unknown
+    cur2.actions[:3] = cur.actions[:3]
+    np.testing.assert_allclose(agent.act([*past, cur2], 3.0, **kw), a, atol=1e-6)
     # acting with ring attention over 8 devices gives the same action
     ring = with_attention_agent(agent, "ring")
-    np.testing.assert_allclose(ring.act([*past, cur], 3.0, mesh=make_mesh(1, 8)), a, atol=1e-5)
+    np.testing.assert_allclose(
+        ring.act([*past, cur], 3.0, mesh=make_mesh(1, 8), **kw), a, atol=1e-5
+    )
+
+
+def test_acting_context_holds_only_whole_episodes_that_fit():
+    agent = make_agent(context_steps=20)
+    past = episodes(4, seed=2)
+    lengths = [len(ep.rewards) for ep in past]
+    cur = Ep(past[0].observations[:2], past[0].actions[:1], past[0].rewards[:1])
+    b, last = agent.context([*past, cur], 3.0, max_episode_steps=10, order="played")
+    # room for previous episodes: 20 - 10 (a whole running episode); the most recent that fit
+    kept = 0
+    while kept < len(past) and sum(lengths[len(past) - kept - 1 :]) <= 10:
+        kept += 1
+    assert last + 1 == sum(lengths[len(past) - kept :]) + 2
+    assert b["timesteps"][0, 0] == 0  # never starts mid-episode
+    first = past[len(past) - kept] if kept else cur
+    np.testing.assert_array_equal(b["observations"][0, 0], first.observations[0])
+
+
+def test_sorted_context_orders_previous_episodes_by_return():
+    agent = make_agent(context_steps=40)
+    past = episodes(3, seed=3)
+    cur = Ep(past[0].observations[:1], past[0].actions[:0], past[0].rewards[:0])
+    b, _ = agent.context([*past, cur], 9.0, max_episode_steps=10, order="sorted")
+    order = np.argsort([ep.rewards.sum() for ep in past], kind="stable")
+    expected = np.concatenate([past[i].observations for i in order])
+    np.testing.assert_array_equal(b["observations"][0, : len(expected)], expected)

@@ -82,6 +82,39 @@ def test_random_collection_is_deterministic_given_seed(tmp_path):
     assert not np.array_equal(a["actions"], c["actions"])
 
 
+def test_summary_and_dataset_store_a_ten_bin_return_histogram(tmp_path):
+    from ringrl.data import load_dataset
+
+    out = tmp_path / "reacher-random.hdf5"
+    assert collect(REACHER, "--steps", "300", "--out", str(out), "--quiet") == 0
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    hist = summary["return_histogram"]
+    returns = summary["returns_all"]
+    assert len(hist["edges"]) == 11 and len(hist["counts"]) == 10
+    assert sum(hist["counts"]) == summary["complete_episodes"] == 6  # Reacher: 50-step episodes
+    assert hist["edges"][0] == min(returns) and hist["edges"][-1] == pytest.approx(max(returns))
+    stored = load_dataset(out).metadata
+    assert json.loads(stored["return_histogram"]) == hist
+    assert summary["warmup_episodes"] == stored["warmup_episodes"] == 0  # random: no warm-up
+
+
+def test_collection_prints_a_text_histogram_unless_quiet(tmp_path, capsys):
+    out = tmp_path / "reacher-random.hdf5"
+    assert collect(REACHER, "--steps", "100", "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    bins = [line for line in printed.splitlines() if line.lstrip().startswith("[")]
+    assert len(bins) == 10 and sum("#" in line for line in bins) >= 1
+    assert collect(REACHER, "--steps", "100", "--out", str(out), "--quiet") == 0
+    assert "histogram" not in capsys.readouterr().out
+
+
+def test_warmup_episodes_count_only_episodes_wholly_before_learning_starts():
+    from agents.collect.output import warmup_episodes
+
+    episodes = [{"rewards": np.zeros(n)} for n in (50, 50, 50)]
+    assert [warmup_episodes(episodes, s) for s in (0, 49, 50, 99, 100, 1000)] == [0, 0, 1, 1, 2, 3]
+
+
 def test_sac_update_reduces_critic_loss_on_a_fixed_batch():
     from agents.collect.sac import SAC, Batch, SACConfig
 
@@ -112,6 +145,9 @@ def test_sac_cli_writes_replay_dataset_curve_and_snapshots(sac_run):
     assert sac_run.with_name(sac_run.name + ".curve.png").exists()
     snaps = json.loads((sac_run.with_name(sac_run.name + ".sac") / "snapshots.json").read_text())
     assert [s["step"] for s in snaps] == [200, 400]
+    summary = json.loads(sac_run.with_name(sac_run.name + ".summary.json").read_text())
+    assert summary["warmup_steps"] == 100  # --learning-starts 100: episodes of 50 random steps
+    assert summary["warmup_episodes"] == ds.metadata["warmup_episodes"] == 2
 
 
 def test_sac_expert_split_rolls_out_the_best_saved_snapshot(sac_run, tmp_path):

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig, build_chain, padded_steps
+from ringrl.context import ContextRule, build_chain, visible_completion_fraction
+from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig, padded_steps
 
 
 @dataclasses.dataclass
@@ -29,27 +30,54 @@ def test_chain_is_sorted_by_return_and_relabelled_to_the_best_return():
     assert chain["returns_to_go"].tolist() == [10, 10, 10, 9, 7, 10, 5]
     assert chain["timesteps"].tolist() == [0, 1, 0, 1, 2, 0, 1]
     assert chain["rewards"].tolist() == [0, 1, 1, 2, 3, 5, 5]
-    # completion only at the last step of the trajectory whose return reaches the target
-    assert chain["completions"].tolist() == [0, 0, 0, 0, 0, 0, 1]
     assert chain["mask"].tolist() == [1] * 7
 
 
-def test_ties_with_the_best_return_all_complete():
-    chain = build_chain([episode([2, 2]), episode([4]), episode([1])])
-    assert chain["completions"].tolist() == [0, 0, 1, 1]
+def test_completion_flags_mark_episodes_reaching_the_fixed_level():
+    eps = [episode([1, 2, 3]), episode([0, 1]), episode([5, 5])]  # returns 6, 1, 10
+    chain = build_chain(eps, success_return=6.0)
+    # sorted: 1 (no), 6 (yes), 10 (yes): the flag on the middle episode is seen by the last one
+    assert chain["completions"].tolist() == [0, 0, 0, 0, 1, 0, 1]
+    assert visible_completion_fraction([chain]) == 1.0
+
+
+def test_the_papers_rule_hides_every_flag_from_later_predictions():
+    """Flags only where the return reaches the chain's best: always the last, unseen episode."""
+    rng = np.random.default_rng(0)
+    chains = []
+    for _ in range(50):
+        eps = [episode(rng.random(3)) for _ in range(4)]
+        best = max(float(np.sum(ep.rewards, dtype=np.float64)) for ep in eps)
+        chains.append(build_chain(eps, success_return=best))
+    assert all(c["completions"].sum() >= 1 for c in chains)
+    assert visible_completion_fraction(chains) == 0.0
 
 
 def test_windows_keep_the_episode_return_to_go_and_timesteps():
-    chain = build_chain([episode([1, 2, 3, 4])], starts=[1], window=2)
+    chain = build_chain([episode([1, 2, 3, 4])], starts=[1], window=2, success_return=0.0)
     assert chain["returns_to_go"].tolist() == [9, 7]  # DT's return-to-go: 10 - 1, 10 - 3
     assert chain["timesteps"].tolist() == [1, 2]
     assert chain["completions"].tolist() == [0, 0]  # the window misses the last step
 
 
-def test_acting_chain_keeps_order_and_given_target():
-    chain = build_chain([episode([5]), episode([1, 1])], target=8.0, sort=False, partial_last=True)
-    assert chain["returns_to_go"].tolist() == [8, 8, 7]
-    assert chain["completions"].tolist() == [0, 0, 0]
+def test_acting_chain_keeps_played_order_and_given_target_and_runs_last():
+    chain = build_chain(
+        [episode([5]), episode([1])], target=8.0, order="played", running=episode([1, 0])
+    )
+    assert chain["returns_to_go"].tolist() == [8, 8, 8, 7]
+    assert chain["completions"].tolist() == [0, 0, 0, 0]
+    sorted_chain = build_chain(
+        [episode([5], tag=1), episode([1], tag=2)], target=8.0, running=episode([1], tag=3)
+    )
+    assert sorted_chain["observations"][:, 0].tolist() == [2, 1, 3]
+
+
+def test_first_kept_keeps_the_most_recent_whole_episodes_with_room_for_a_running_one():
+    rule = ContextRule(context_steps=10, max_episode_steps=4)
+    assert rule.first_kept([3, 3, 3]) == 1  # 3 + 3 + 4 <= 10
+    assert rule.first_kept([5, 2]) == 1
+    assert rule.first_kept([]) == 0
+    assert ContextRule(3, 4).first_kept([1, 1]) == 2  # nothing fits: DT's window
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 4])

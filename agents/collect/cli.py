@@ -1,8 +1,11 @@
 """``ringrl collect TASK --policy random|sac|explore --steps N --out PATH [--seed S]``.
 
 Writes a D4RL-layout HDF5 dataset (dm_control tasks: plus ``infos/physics``), atomically, with a
-progress bar, a printed summary, ``<out>.summary.json`` and ``<out>.returns.png``; SAC and
-exploration runs also write their learning curve (``<out>.curve.json/.png``).
+progress bar, a printed summary and text histogram of returns (not with ``--quiet``),
+``<out>.summary.json`` and ``<out>.returns.png``; SAC and exploration runs also write their
+learning curve (``<out>.curve.json/.png``). The return histogram and the number of episodes that
+lie wholly in the uniform-random warm-up (``--learning-starts``; SAC replay and explore only) go
+into the summary and the dataset's metadata.
 
 - ``random``: uniform random actions (seeded).
 - ``sac``: Soft Actor-Critic trained online for ``--steps``. ``--split replay`` (default) writes
@@ -72,7 +75,7 @@ def _progress(total: int, desc: str, quiet: bool):
     return tqdm(total=total, desc=desc, unit="step", disable=quiet, mininterval=1.0, smoothing=0.05)
 
 
-def _print_summary(out: Path, s: dict) -> None:
+def _print_summary(out: Path, s: dict, quiet: bool = False) -> None:
     r = s["returns"]
     print(
         f"wrote {out}: {s['episodes']} episodes, {s['steps']} steps; returns "
@@ -80,6 +83,22 @@ def _print_summary(out: Path, s: dict) -> None:
         f"[min {r.get('min', float('nan')):.1f}, median {r.get('median', float('nan')):.1f}, "
         f"max {r.get('max', float('nan')):.1f}]"
     )
+    if s["warmup_steps"]:
+        print(
+            f"warm-up: {s['warmup_episodes']} of {s['episodes']} episodes wholly within the "
+            f"first {s['warmup_steps']} uniform-random steps"
+        )
+    if not quiet:
+        print(output.format_histogram(s["return_histogram"]))
+
+
+def _warmup_steps(args: argparse.Namespace) -> int:
+    """Uniform-random warm-up steps at the start of the written episodes: SAC's replay split and
+    exploration record their ``learning_starts`` random steps; other behaviours have none."""
+    trains_into_dataset = args.policy == "explore" or (
+        args.policy == "sac" and args.split == "replay"
+    )
+    return min(args.learning_starts, args.steps) if trains_into_dataset else 0
 
 
 def _sac_config(args: argparse.Namespace, total_steps: int):
@@ -140,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         title = f"{short_task(t)} · {args.policy}" + (
             f" ({args.split})" if args.policy == "sac" else ""
         )
-        summary = output.write_collection(eps, path, m, title)
-        _print_summary(path, summary)
+        summary = output.write_collection(eps, path, m, title, warmup_steps=_warmup_steps(args))
+        _print_summary(path, summary, args.quiet)
     return 0
 
 

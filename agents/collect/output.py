@@ -4,8 +4,12 @@ For an output path ``out`` (e.g. ``data/cartpole-random.hdf5``):
 
 - ``out``                   D4RL-layout HDF5 (atomic: written to a temporary file, then renamed),
                             dm_control tasks also carry ``infos/physics``;
-- ``out.summary.json``      episodes, steps, return distribution, behaviour metadata;
+- ``out.summary.json``      episodes, steps, return distribution and 10-bin histogram, warm-up
+                            episodes, behaviour metadata;
 - ``out.returns.png``       histogram of episode returns;
+
+The return histogram and the warm-up counts are also stored in the HDF5 file's ``metadata/``
+(``return_histogram`` as JSON text ``{"edges": [...], "counts": [...]}``).
 - ``out.curve.json/.png``   SAC / exploration learning curve (eval return vs env steps).
 """
 
@@ -39,11 +43,61 @@ def to_dataset(episodes: Sequence[dict], metadata: dict | None = None) -> Any:
     return EpisodeDataset.from_episodes([Episode(**e) for e in episodes], metadata=metadata)
 
 
-def summarize(episodes: Sequence[dict]) -> dict:
-    """Counts and the return distribution (complete and all episodes)."""
-    returns = np.asarray([float(np.sum(e["rewards"])) for e in episodes])
+HISTOGRAM_BINS = 10
+
+
+def episode_returns(episodes: Sequence[dict]) -> np.ndarray:
+    """The undiscounted return of every episode."""
+    return np.asarray([float(np.sum(e["rewards"])) for e in episodes], dtype=np.float64)
+
+
+def is_complete(episodes: Sequence[dict]) -> np.ndarray:
+    """Per episode: does its last step end it (terminal or timeout)?"""
+    return np.asarray([bool(e["terminals"][-1] or e["timeouts"][-1]) for e in episodes], bool)
+
+
+def return_histogram(episodes: Sequence[dict], bins: int = HISTOGRAM_BINS) -> dict:
+    """``{"edges": [bins + 1 floats], "counts": [bins ints]}``: equal-width bins over
+    [min, max] of the complete episodes' returns (the last bin includes max). All returns equal:
+    numpy's bins over [r - 0.5, r + 0.5]. No complete episode: empty lists."""
+    returns = episode_returns(episodes)[is_complete(episodes)]
+    if returns.size == 0:
+        return {"edges": [], "counts": []}
+    counts, edges = np.histogram(returns, bins=bins)
+    return {"edges": edges.tolist(), "counts": counts.astype(int).tolist()}
+
+
+def format_histogram(hist: dict, width: int = 40) -> str:
+    """One line per bin: ``[lo, hi)  count  ####`` (bars scaled to ``width`` at the largest)."""
+    edges, counts = hist["edges"], hist["counts"]
+    if not counts:
+        return "returns histogram: no complete episodes"
+    step = (edges[-1] - edges[0]) / len(counts)
+    decimals = int(np.clip(np.ceil(-np.log10(step)) + 1, 1, 6)) if step > 0 else 1
+    labels = [f"{e:.{decimals}f}" for e in edges]
+    pad = max(len(s) for s in labels)
+    top = max(max(counts), 1)
+    lines = ["returns histogram (complete episodes):"]
+    for i, n in enumerate(counts):
+        close = "]" if i == len(counts) - 1 else ")"
+        bar = "#" * int(np.ceil(width * n / top))
+        lines.append(f"  [{labels[i]:>{pad}}, {labels[i + 1]:>{pad}}{close} {n:6d} {bar}".rstrip())
+    return "\n".join(lines)
+
+
+def warmup_episodes(episodes: Sequence[dict], warmup_steps: int) -> int:
+    """How many episodes lie wholly within the first ``warmup_steps`` steps of the run (the
+    uniform-random warm-up before ``learning_starts``); ``episodes`` in collection order."""
+    ends = np.cumsum([len(e["rewards"]) for e in episodes])
+    return int(np.sum(ends <= warmup_steps))
+
+
+def summarize(episodes: Sequence[dict], warmup_steps: int = 0) -> dict:
+    """Counts, the return distribution (complete and all episodes), the return histogram and
+    the warm-up episodes (see :func:`warmup_episodes`)."""
+    returns = episode_returns(episodes)
     lengths = np.asarray([len(e["rewards"]) for e in episodes])
-    complete = np.asarray([bool(e["terminals"][-1] or e["timeouts"][-1]) for e in episodes])
+    complete = is_complete(episodes)
 
     def stats(x: np.ndarray) -> dict:
         if len(x) == 0:
@@ -68,6 +122,9 @@ def summarize(episodes: Sequence[dict]) -> dict:
         "returns": stats(returns),
         "returns_all": returns.tolist(),
         "complete_episodes": int(complete.sum()),
+        "return_histogram": return_histogram(episodes),
+        "warmup_steps": int(warmup_steps),
+        "warmup_episodes": warmup_episodes(episodes, warmup_steps),
     }
 
 
@@ -123,12 +180,26 @@ def write_curve(
         plot_curve(curve, sibling(out, ".curve.png"), title)
 
 
-def write_collection(episodes: Sequence[dict], out: str | Path, metadata: dict, title: str) -> dict:
-    """Write the dataset (atomically), its summary JSON and returns histogram; return summary."""
+DATASET_SUMMARY_KEYS = ("return_histogram", "warmup_steps", "warmup_episodes")
+"""Summary entries also stored in the HDF5 file's ``metadata/``."""
+
+
+def write_collection(
+    episodes: Sequence[dict],
+    out: str | Path,
+    metadata: dict,
+    title: str,
+    warmup_steps: int = 0,
+) -> dict:
+    """Write the dataset (atomically), its summary JSON and returns histogram; return summary.
+
+    ``warmup_steps``: the run's first steps that were uniform-random warm-up (SAC / explore
+    ``learning_starts``; 0 for other behaviours), counted into ``warmup_episodes``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    summary = summarize(episodes)
-    ds = to_dataset(episodes, metadata={k: _h5able(v) for k, v in metadata.items()})
+    summary = summarize(episodes, warmup_steps)
+    h5_meta = {**metadata, **{k: summary[k] for k in DATASET_SUMMARY_KEYS}}
+    ds = to_dataset(episodes, metadata={k: _h5able(v) for k, v in h5_meta.items()})
     ds.save_d4rl(out)
     _atomic_write_text(
         sibling(out, ".summary.json"),

@@ -1,0 +1,220 @@
+"""The one context rule: which episodes the model sees, in which order, relabelled how.
+
+Every place that feeds the model -- the training sampler, ``agent.act``, the recompute policy and
+the KV-cache prefill -- builds its per-step arrays with :func:`build_chain` and chooses the
+episodes with :meth:`ContextRule.first_kept`, so training and acting never see different kinds
+of context.
+
+**Chain.** Episodes are concatenated step after step, each relabelled to one ``target`` return
+(hindsight: training uses the chain's best return; acting uses the evaluation target), so the
+return-to-go at step ``t`` of an episode is ``target - (reward collected before t)``.
+``order="sorted"`` puts the completed episodes in ascending order of return (the Agentic
+Transformer's chain); ``"played"`` keeps them as given (chronological). A *running* (partial)
+episode always comes last.
+
+**Completion flag.** An episode's last step carries ``completion = 1`` iff the episode's return
+reaches ``success_return``, a fixed level derived from the training data (by default the median
+episode return, :func:`completion_level`), stored with the checkpoint and used unchanged at
+evaluation. The AT paper's rule -- "the trajectory reaches the chain's target" -- flags only the
+chain's best trajectory, which sorting puts *last*: no prediction could ever read it (checked on
+sampled chains: 0 of 800 flags visible). With a fixed level, every earlier trajectory at or above
+it carries a flag that all later predictions see, and the flag means the same in every chain and
+at evaluation.
+
+**Eviction.** When acting, the context holds the running episode and the most recent *whole*
+previous episodes whose steps, plus room for a full running episode, fit in ``context_steps``;
+older ones are dropped whole (a training chain never starts mid-episode). When not even one
+previous episode fits (Decision Transformer's 20-step windows), the running episode is cut to
+its last ``context_steps`` steps, DT's window.
+
+Per-step arrays (``T`` steps; padding from :func:`pad_chain` has ``mask == 0``)::
+
+    observations [T, obs_dim] float32   actions [T, act_dim] float32
+    rewards      [T] float32            returns_to_go [T] float32 (unscaled)
+    completions  [T] float32            timesteps [T] int32 (within the episode)
+    mask         [T] float32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+ORDERS = ("sorted", "played")
+STEP_KEYS = ("observations", "actions", "rewards", "returns_to_go", "completions", "timesteps")
+
+
+class EpisodeLike(Protocol):
+    observations: np.ndarray  # [T, obs_dim]
+    actions: np.ndarray  # [T, act_dim]
+    rewards: np.ndarray  # [T]
+
+
+@dataclasses.dataclass
+class Steps:
+    """An episode (maybe running): ``observations [T, O]``, ``actions [T, A]``, ``rewards [T]``.
+
+    A running episode's last step is the current one: its action and reward are not known yet
+    and are 0 here (no prediction can see them: the model is causal and each step's action is
+    predicted before its action token).
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def episode_return(ep: EpisodeLike) -> float:
+    return float(np.sum(ep.rewards, dtype=np.float64))
+
+
+def completion_level(returns: np.ndarray, quantile: float = 0.5) -> float:
+    """The return at which an episode counts as *completed*: a quantile of the data's returns."""
+    return float(np.quantile(np.asarray(returns, np.float64), quantile))
+
+
+def data_scales(episodes: Sequence[EpisodeLike]) -> tuple[float, float]:
+    """``(return_scale, reward_scale)``: 1 / the largest absolute episode return and per-step
+    reward of the training data, so that returns-to-go and rewards enter the tokens at order one
+    (dm_control's per-step rewards in [0, 1] and returns up to 1000 alike)."""
+    returns = np.abs([episode_return(ep) for ep in episodes])
+    rewards = max(float(np.max(np.abs(ep.rewards), initial=0.0)) for ep in episodes)
+    return 1.0 / max(float(returns.max()), 1e-6), 1.0 / max(rewards, 1e-6)
+
+
+def is_completed(ret: float, success_return: float) -> bool:
+    """The completion flag of an episode with return ``ret``."""
+    return bool(ret >= success_return)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextRule:
+    """How much, and in which order, the model sees (see the module docstring)."""
+
+    context_steps: int  # steps the model holds: N episodes x steps per episode
+    max_episode_steps: int  # room kept for a whole running episode
+    order: str = "sorted"  # sorted (by return, as training) | played (chronological)
+    success_return: float = float("inf")  # completion-flag level (completion_level)
+
+    def __post_init__(self):
+        if self.order not in ORDERS:
+            raise ValueError(f"context order must be one of {ORDERS}, got {self.order!r}")
+
+    def first_kept(self, lengths: Sequence[int]) -> int:
+        """Index of the oldest previous episode kept, given every previous episode's length."""
+        room = self.context_steps - self.max_episode_steps
+        first, total = len(lengths), 0
+        while first > 0 and total + lengths[first - 1] <= room:
+            first -= 1
+            total += lengths[first]
+        return first
+
+    def arrange(self, episodes: Sequence[EpisodeLike]) -> list[int]:
+        """The order (indices into ``episodes``) in which completed episodes enter the chain."""
+        if self.order == "played":
+            return list(range(len(episodes)))
+        returns = [episode_return(ep) for ep in episodes]
+        return [int(i) for i in np.argsort(returns, kind="stable")]
+
+
+def build_chain(
+    episodes: Sequence[EpisodeLike],
+    *,
+    target: float | None = None,
+    success_return: float = float("inf"),
+    order: str = "sorted",
+    running: EpisodeLike | None = None,
+    starts: Sequence[int] | None = None,
+    window: int | None = None,
+) -> dict[str, np.ndarray]:
+    """The (unpadded) per-step arrays of completed ``episodes`` then the ``running`` one.
+
+    ``target``: the return every episode is relabelled to (None: the best return among the
+    completed episodes, the hindsight target of training). ``starts``/``window``: train on the
+    steps ``[start, start + window)`` of each completed episode (random windows of DT/BC);
+    return-to-go and timesteps stay those of the whole episode.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"context order must be one of {ORDERS}, got {order!r}")
+    returns = [episode_return(ep) for ep in episodes]
+    if target is None:
+        target = max(returns, default=0.0)
+    idx = ContextRule(1, 0, order).arrange(episodes) if episodes else []
+    starts = [0] * len(episodes) if starts is None else list(starts)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in STEP_KEYS}
+    pieces = [(episodes[j], starts[j], is_completed(returns[j], success_return)) for j in idx]
+    if running is not None:
+        pieces.append((running, 0, False))
+    for ep, start, completed in pieces:
+        _append_episode(parts, ep, start, window, target, completed)
+    if not pieces:
+        raise ValueError("a chain needs at least one episode")
+    chain = {k: np.concatenate(v) for k, v in parts.items()}
+    chain["mask"] = np.ones(len(chain["rewards"]), np.float32)
+    return chain
+
+
+def _append_episode(parts, ep, start: int, window: int | None, target: float, completed: bool):
+    T = len(ep.rewards)
+    stop = T if window is None else min(T, start + window)
+    rewards = np.asarray(ep.rewards, np.float32)
+    collected = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)[:-1]])
+    completion = np.zeros(T, np.float32)
+    completion[-1] = float(completed)
+    sl = slice(start, stop)
+    parts["observations"].append(np.asarray(ep.observations, np.float32)[sl])
+    parts["actions"].append(np.asarray(ep.actions, np.float32).reshape(T, -1)[sl])
+    parts["rewards"].append(rewards[sl])
+    parts["returns_to_go"].append((target - collected[sl]).astype(np.float32))
+    parts["completions"].append(completion[sl])
+    parts["timesteps"].append(np.arange(start, stop, dtype=np.int32))
+
+
+def acting_chain(
+    previous: Sequence[EpisodeLike], running: EpisodeLike, rule: ContextRule, target: float
+) -> tuple[dict[str, np.ndarray], int]:
+    """``(chain, first)``: the context for the running episode's current step.
+
+    ``previous`` are the trial's completed episodes (oldest first); ``first`` is the index of the
+    oldest one kept. The chain's last step is the current one.
+    """
+    first = rule.first_kept([len(ep.rewards) for ep in previous])
+    chain = build_chain(
+        previous[first:],
+        target=target,
+        success_return=rule.success_return,
+        order=rule.order,
+        running=running,
+    )
+    if len(chain["mask"]) > rule.context_steps:  # only the running episode is left: a window
+        chain = {k: v[-rule.context_steps :] for k, v in chain.items()}
+    return chain, first
+
+
+def pad_chain(chain: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Zero-pad every array of a chain at the end to ``length`` steps (``mask`` 0 there)."""
+    out = {}
+    for k, x in chain.items():
+        if len(x) > length:
+            raise ValueError(f"a chain of {len(x)} steps does not fit in {length}")
+        out[k] = np.pad(x, [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1))
+    return out
+
+
+def visible_completion_fraction(chains: Sequence[dict[str, np.ndarray]]) -> float:
+    """Fraction of chains with a positive completion flag that a later prediction can read.
+
+    A flag at step ``t`` is visible to the predictions of every later real step.
+    """
+    visible = 0
+    for c in chains:
+        real = np.flatnonzero(c["mask"] > 0)
+        flags = np.flatnonzero(c["completions"][real] > 0)
+        visible += bool(len(flags) and flags[0] < len(real) - 1)
+    return visible / max(len(chains), 1)
