@@ -6,34 +6,50 @@ For each task x method x seed:
    (``ringrl collect <env> --policy explore``: RND exploration, the task's rewards recorded);
 2. train ``configs/<scale>/<task>/<method>.yaml`` with ``train.seed=<seed>`` into
    ``<run-dir>/<task>/<method>/seed<seed>`` (``ringrl train``; resumes an interrupted run);
-3. evaluate it (``ringrl eval``: AT over its N in-context episodes with the KV cache, DT and
-   BC one episode per trial; a uniform-random policy on the same seeds).
+3. evaluate it (``ringrl eval``: ``--trials`` trials of 2N in-context episodes for AT, so the
+   curve shows whether improvement continues past the training context; DT and BC
+   ``--dt-episodes`` independent episodes), on reset seeds of its own
+   (:func:`ringrl.evaluate.seed_block`: no seed shared by two trials, training seeds or methods),
+   with the uniform-random and best-constant baselines on the same seeds.
 
-Then writes ``results.json``, ``results.md`` (mean +- std over seeds of the final-episode
-return and of the AT paper's max-over-episodes return, beside the paper's Table 5 numbers) and
-``curves_<task>.png`` (in-context curves, one line per method). Every stage whose output exists
-is skipped, so running the same command again resumes where it stopped.
+Then writes ``results.json``, ``results.md`` and ``curves_<task>.png``: per method the mean over
+training seeds of the final in-context episode's return (the headline), of the mean over a
+trial's episodes and of the AT paper's max over them (labelled), each with a 95% percentile
+bootstrap interval over seeds (:mod:`ringrl.stats`), and the bootstrap interval of the
+difference between the largest-context AT and each baseline. Every stage whose output exists is
+skipped, so running the same command again resumes where it stopped (across sessions).
+``--publish DIR`` also copies every run's ``eval.json`` to ``DIR/runs/<task>/<method>/seed<N>/``
+and the report files to ``DIR``, so that they can be committed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("bc10", "dt", "at_me_n32", "at_bpt_n32", "at_ra_n128")
+METHODS = {
+    "local": ("bc10", "dt", "at_n1", "at_bpt_n2", "at_ra_n4"),
+    "paper": ("bc10", "dt", "at_me_n32", "at_bpt_n32", "at_ra_n128"),
+}
 LABELS = {
     "bc10": "BC-10%",
     "dt": "DT",
+    "at_n1": "AT N=1",
+    "at_bpt_n2": "AT+BPT (N=2)",
+    "at_ra_n4": "AT+RA (N=4)",
     "at_me_n32": "AT+ME (N=32)",
     "at_bpt_n32": "AT+BPT (N=32)",
     "at_ra_n128": "AT+RA (N=128)",
 }
-# Ring Attention paper, Table 5 (ExoRL, "cumulative return, as per ExoRL"; no seeds stated)
+# Ring Attention paper, Table 5 (ExoRL, "cumulative return, as per ExoRL": units not stated, no
+# seeds). Local presets are matched to the paper's method of the same kind at the paper's N.
 PAPER_TABLE5 = {
     "walker_stand": {"bc10": 52.91, "dt": 34.54, "at_bpt_n32": 95.45, "at_ra_n128": 98.23},
     "walker_run": {"bc10": 34.81, "dt": 49.82, "at_bpt_n32": 105.88, "at_ra_n128": 110.45},
@@ -42,6 +58,15 @@ PAPER_TABLE5 = {
     "jaco_reach_top_left": {"bc10": 23.95, "dt": 18.64, "at_bpt_n32": 87.56, "at_ra_n128": 89.51},
     "cartpole_swingup": {"bc10": 56.82, "dt": 67.56, "at_bpt_n32": 120.56, "at_ra_n128": 123.45},
 }
+PAPER_METHOD = {"at_bpt_n2": "at_bpt_n32", "at_ra_n4": "at_ra_n128"}
+METHOD_INDEX = {m: i for i, m in enumerate(dict.fromkeys(sum(METHODS.values(), ())))}
+
+
+def paper_value(task: str, method: str) -> str:
+    if method == "at_me_n32":
+        return "oom"
+    value = PAPER_TABLE5.get(task, {}).get(PAPER_METHOD.get(method, method))
+    return "" if value is None else f"{value:.2f}"
 
 
 def dataset(task: str, data_dir: Path, steps: int, policy: str) -> Path:
@@ -66,7 +91,7 @@ def dataset(task: str, data_dir: Path, steps: int, policy: str) -> Path:
 def run_one(task: str, method: str, seed: int, data: Path, args: argparse.Namespace) -> dict:
     """Train (or resume) and evaluate one preset with one seed; returns its ``eval.json``."""
     from ringrl.config import load_config
-    from ringrl.evaluate import evaluate
+    from ringrl.evaluate import evaluate, seed_block
     from ringrl.train import train
 
     run_dir = Path(args.run_dir) / task / method / f"seed{seed}"
@@ -80,49 +105,120 @@ def run_one(task: str, method: str, seed: int, data: Path, args: argparse.Namesp
     if train(cfg, run_dir, progress=sys.stderr.isatty()) != 0:
         raise RuntimeError(f"training {run_dir} failed")
     print(f"[{task}] {method} seed {seed}: evaluating", flush=True)
+    episodes = None if cfg.agent.kind == "at" else args.dt_episodes
     return evaluate(
-        run_dir, trials=args.trials, num_envs=args.envs, episodes=None, seed=1000 * seed
+        run_dir,
+        trials=args.trials,
+        num_envs=args.envs,
+        episodes=episodes,
+        seed=seed_block(METHOD_INDEX[method], seed),
     )
 
 
 def aggregate(results: dict[str, dict[str, list[dict]]]) -> dict:
-    """``results[task][method]`` = one eval.json per seed -> means and stds over seeds."""
+    """``results[task][method]`` = one eval.json per seed -> intervals over seeds."""
+    from ringrl.stats import interval
+
     table = {}
     for task, by_method in results.items():
         table[task] = {}
         for method, runs in by_method.items():
-            final = np.array([r["final_return_mean"] for r in runs])
-            best = np.array([r["max_return_mean"] for r in runs])
+
+            def over_seeds(key: str, runs=runs) -> dict:
+                values = [r[key] for r in runs if key in r]
+                if not values:  # an older eval.json without this number
+                    return {"per_seed": [], "mean": float("nan"), "ci95": [float("nan")] * 2}
+                return interval(values)
+
+            curves = [r["episode_return_mean"] for r in runs]
+            K = min(map(len, curves))
             table[task][method] = {
                 "seeds": len(runs),
-                "final_mean": float(final.mean()),
-                "final_std": float(final.std()),
-                "max_mean": float(best.mean()),
-                "max_std": float(best.std()),
-                "random_mean": float(np.mean([r["random_return_mean"] for r in runs])),
-                "paper": PAPER_TABLE5.get(task, {}).get(method),
-                "curve": np.mean([r["episode_return_mean"] for r in runs], 0).tolist(),
+                "train_seeds": [r.get("train_seed") for r in runs],
+                "episodes": K,
+                "trials": [r.get("trials") for r in runs],
+                "final": over_seeds("final_return_mean"),
+                "mean": over_seeds("mean_return_mean"),
+                "max": over_seeds("max_return_mean"),
+                "random": over_seeds("random_return_mean"),
+                "constant": over_seeds("constant_return_mean"),
+                "paper": paper_value(task, method),
+                "curve": np.mean([c[:K] for c in curves], 0).tolist(),
             }
     return table
 
 
-def markdown(table: dict, scale: str) -> str:
+def significance(table: dict, methods: list[str]) -> dict:
+    """Per task: the largest-context AT against every other method, on final returns."""
+    from ringrl.stats import difference
+
+    out = {}
+    at = [m for m in methods if m.startswith("at_")]
+    if not at:
+        return out
+    best = at[-1]  # methods are listed by context size
+    for task, by_method in table.items():
+        if best not in by_method:
+            continue
+        a = by_method[best]["final"]["per_seed"]
+        out[task] = {}
+        for other in methods:
+            if other == best or other not in by_method:
+                continue
+            b = by_method[other]["final"]["per_seed"]
+            if len(a) > 1 and len(b) > 1:
+                out[task][other] = {"against": best, **difference(a, b)}
+    return out
+
+
+def reused_reset_seeds(results: dict[str, dict[str, list[dict]]]) -> int:
+    """Reset seeds (per task) that more than one agent episode of the comparison used."""
+    reused = 0
+    for by_method in results.values():
+        counts = Counter(
+            s
+            for runs in by_method.values()
+            for r in runs
+            for s in np.asarray(r.get("reset_seeds", []), dtype=np.int64).ravel().tolist()
+        )
+        reused += sum(1 for c in counts.values() if c > 1)
+    return reused
+
+
+def markdown(table: dict, scale: str, signif: dict | None = None, reused: int | None = None) -> str:
+    from ringrl.stats import describe
+
     lines = [
-        f"Returns per episode, `configs/{scale}` presets, mean ± std over seeds. *final*: the",
-        "last in-context episode (the honest number); *max*: best episode of a trial, the AT",
-        "paper's metric. *paper*: Table 5 of the Ring Attention paper (its own scale and data).",
+        f"Returns per episode, `configs/{scale}` presets: mean over training seeds with a 95%",
+        "percentile-bootstrap interval over seeds. *final*: the last in-context episode (the",
+        "headline); *mean*: the mean over a trial's episodes; *max*: the best episode of a trial,",
+        "the AT paper's metric (optimistic). *random* / *constant*: uniform-random actions and the",
+        "best constant action on the same reset seeds. *paper*: Table 5 of the Ring Attention",
+        'paper, whose units are not stated ("cumulative return, as per ExoRL"), for a model,',
+        "data and N of its own: not comparable to these numbers.",
         "",
-        "| task | method | seeds | final | max | random | paper |",
-        "|---|---|---|---|---|---|---|",
+        "| task | method | seeds | final | mean | max (AT paper) | random | constant | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for task, by_method in table.items():
         for method, r in by_method.items():
-            paper = "oom" if method == "at_me_n32" else f"{r['paper']:.2f}"
             lines.append(
-                f"| {task} | {LABELS[method]} | {r['seeds']} | {r['final_mean']:.1f} ± "
-                f"{r['final_std']:.1f} | {r['max_mean']:.1f} ± {r['max_std']:.1f} | "
-                f"{r['random_mean']:.1f} | {paper} |"
+                f"| {task} | {LABELS.get(method, method)} | {r['seeds']} | "
+                f"{describe(r['final'])} | {describe(r['mean'])} | {describe(r['max'])} | "
+                f"{r['random']['mean']:.1f} | {r['constant']['mean']:.1f} | {r['paper']} |"
             )
+    if signif:
+        lines += ["", "Differences in final return (bootstrap interval of the difference of means"]
+        lines += ["over seeds; *significant*: 0 outside the 95% interval):", ""]
+        for task, by_other in signif.items():
+            for other, d in by_other.items():
+                verdict = "significant" if d["significant"] else "not significant"
+                lines.append(
+                    f"- {task}: {LABELS.get(d['against'], d['against'])} − "
+                    f"{LABELS.get(other, other)} = {describe(d)}: {verdict}"
+                )
+    if reused is not None:
+        lines += ["", f"Reset seeds used by more than one agent episode: {reused}."]
     return "\n".join(lines) + "\n"
 
 
@@ -131,16 +227,21 @@ def plot(task: str, by_method: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, r in by_method.items():
         x = np.arange(1, len(r["curve"]) + 1)
-        ax.plot(x, r["curve"], marker="o", label=LABELS[method])
-    ax.axhline(next(iter(by_method.values()))["random_mean"], color="gray", ls=":", label="random")
+        ax.plot(x, r["curve"], marker="o", label=LABELS.get(method, method))
+    first = next(iter(by_method.values()))
+    ax.axhline(first["random"]["mean"], color="gray", ls=":", label="random")
+    if np.isfinite(first["constant"]["mean"]):
+        ax.axhline(first["constant"]["mean"], color="gray", ls="-.", label="best constant")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("episode in context (trial)")
     ax.set_ylabel("return (mean over seeds)")
     ax.set_title(task)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -163,38 +264,80 @@ def finished(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
 def compare(args: argparse.Namespace) -> dict:
     out = Path(args.run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if args.report_only:
-        results = finished(args)
-        if not results:
-            raise SystemExit(f"no finished runs under {out}")
-    else:
-        results = {}
+    if not getattr(args, "report_only", False):
         for task in args.tasks:
             data = dataset(task, Path(args.data_dir), args.collect_steps, args.collect_policy)
-            results[task] = {
-                m: [run_one(task, m, s, data, args) for s in args.seeds] for m in args.methods
-            }
+            for m in args.methods:
+                for s in args.seeds:
+                    run_one(task, m, s, data, args)
+    results = finished(args)
+    if not results:
+        raise SystemExit(f"no finished runs under {out}")
     table = aggregate(results)
-    (out / "results.json").write_text(json.dumps(table, indent=1))
-    (out / "results.md").write_text(markdown(table, args.scale))
-    for task, by_method in table.items():
-        plot(task, by_method, out / f"curves_{task}.png")
-    print(markdown(table, args.scale))
+    signif = significance(table, list(args.methods))
+    reused = reused_reset_seeds(results)
+    report = {"table": table, "significance": signif, "reused_reset_seeds": reused}
+    text = markdown(table, args.scale, signif, reused)
+    targets = [out]
+    if getattr(args, "publish", None):
+        targets.append(Path(args.publish))
+        publish_runs(args, Path(args.publish))
+    for d in targets:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "results.json").write_text(json.dumps(report, indent=1))
+        (d / "results.md").write_text(text)
+        for task, by_method in table.items():
+            plot(task, by_method, d / f"curves_{task}.png")
+    print(text)
     return table
+
+
+def publish_runs(args: argparse.Namespace, dest: Path) -> None:
+    """Copy every finished run's ``eval.json`` (and ``data.json``) under ``dest/runs/``."""
+    for task in args.tasks:
+        for method in args.methods:
+            for s in args.seeds:
+                src = Path(args.run_dir) / task / method / f"seed{s}"
+                for name in ("eval.json", "data.json"):
+                    if (src / name).exists():
+                        target = dest / "runs" / task / method / f"seed{s}" / name
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(src / name, target)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     csv = lambda s: [x for x in s.split(",") if x]  # noqa: E731
-    parser.add_argument("--tasks", type=csv, default=["cartpole_swingup", "walker_stand"])
-    parser.add_argument("--methods", type=csv, default=list(METHODS))
-    parser.add_argument("--seeds", type=lambda s: [int(x) for x in csv(s)], default=[0, 1, 2])
+    parser.add_argument(
+        "--tasks",
+        type=csv,
+        default=list(PAPER_TABLE5),
+        help="comma-separated ExoRL tasks (default: all six)",
+    )
+    parser.add_argument(
+        "--methods", type=csv, default=None, help="comma-separated presets (default: the scale's)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=lambda s: [int(x) for x in csv(s)],
+        default=[0, 1, 2, 3, 4],
+        help="training seeds (default: 0,1,2,3,4)",
+    )
     parser.add_argument("--scale", default="local", choices=["local", "paper"])
-    parser.add_argument("--run-dir", default="runs/compare")
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--collect-steps", type=int, default=20_000)
+    parser.add_argument("--run-dir", default="runs/compare", help="default: %(default)s")
+    parser.add_argument("--data-dir", default="data", help="default: %(default)s")
+    parser.add_argument(
+        "--collect-steps",
+        type=int,
+        default=50_000,
+        help="dataset size: 50 episodes of 1000 steps, >= 10 x N for N = 4 (default: %(default)s)",
+    )
     parser.add_argument("--collect-policy", default="explore", choices=["explore", "random"])
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--envs", type=int, default=4, help="parallel environments")
+    parser.add_argument("--trials", type=int, default=10, help="trials per seed (default: 10)")
+    parser.add_argument(
+        "--dt-episodes", type=int, default=2, help="episodes per trial of DT/BC (default: 2)"
+    )
+    parser.add_argument("--envs", type=int, default=5, help="parallel environments")
+    parser.add_argument("--publish", default=None, help="copy eval.json files and the report here")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -207,9 +350,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    unknown = [m for m in args.methods if m not in METHODS]
+    args.methods = args.methods or list(METHODS[args.scale])
+    unknown = [m for m in args.methods if m not in METHODS[args.scale]]
     if unknown:
-        print(f"unknown methods {unknown}; known: {list(METHODS)}", file=sys.stderr)
+        print(f"unknown methods {unknown}; known: {list(METHODS[args.scale])}", file=sys.stderr)
         return 2
     unknown = [t for t in args.tasks if not (ROOT / "configs" / args.scale / t).is_dir()]
     if unknown:

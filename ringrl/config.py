@@ -84,6 +84,9 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_checkpoints: int = 3
     prefetch: int = 4  # batches the background sampler builds ahead
+    eval_every: int = 0  # evaluate every this many updates, into metrics.jsonl (0: never)
+    eval_trials: int = 2  # trials per evaluation during training
+    eval_episodes: int = 0  # in-context episodes per trial (0: AT 2N, DT/BC 1)
     host_devices: int = 0  # CPU only: emulate this many devices (0: leave JAX's default)
     nan_at_step: int = -1  # testing aid: poison this step's batch with NaN (-1: never)
 
@@ -114,6 +117,8 @@ class Config:
             ("model.block_size", self.model.block_size >= 1, ">= 1"),
             ("model.feedforward", self.model.feedforward in ("blockwise", "full"), "either"),
             ("train.steps", self.train.steps >= 1, ">= 1"),
+            ("train.eval_every", self.train.eval_every >= 0, ">= 0"),
+            ("train.eval_trials", self.train.eval_trials >= 1, ">= 1"),
         ]
         for key, ok, want in checks:
             if not ok:

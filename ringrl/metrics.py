@@ -32,6 +32,9 @@ class MetricsLogger:
         self._file.close()
         self.writer.close()
         plot_metrics(self.path, self.run_dir / "loss.png")
+        if any("eval_final_return" in r for r in read_metrics(self.path)):
+            keys = ("eval_first_return", "eval_final_return", "eval_mean_return")
+            plot_metrics(self.path, self.run_dir / "eval_during_training.png", keys)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -60,7 +63,7 @@ def plot_metrics(path: str | Path, out: str | Path, keys: tuple[str, ...] = ("lo
     for ax, key in zip(axes, (*keys, "lr"), strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            ax.plot(*zip(*pts, strict=True))
+            ax.plot(*zip(*pts, strict=True), marker="o" if len(pts) < 30 else None)
         ax.set_xlabel("step")
         ax.set_title(key)
         if key == "loss" and pts and min(p[1] for p in pts) > 0:

@@ -2,11 +2,14 @@
 
 1. Collect (or reuse) a small SAC *replay* dataset for ``dm_control/cartpole-swingup-v0``
    (``ringrl collect ... --policy sac``: every transition SAC saw while learning).
-2. Train an Agentic Transformer (ring attention over 4 host devices, chains of N whole episodes)
-   and a Decision Transformer (K = 20 step windows) on it (``ringrl train``).
-3. Evaluate both (``ringrl eval``): AT over N in-context episodes per trial with the KV cache,
-   DT one episode per trial; a uniform-random policy on the same seeds.
-4. Print a table and write ``summary.json`` and ``curve.png`` (in-context curves of both).
+2. Train an Agentic Transformer (ring attention over 4 host devices, chains of N = 2 whole
+   episodes, the dataset's 20 episodes being 10 x N) and a Decision Transformer (its paper's
+   return/state/action tokens, K = 20 step windows, as many action targets as AT) on it.
+3. Evaluate both (``ringrl eval``): AT over 2N in-context episodes per trial with the KV cache
+   (the previous episodes sorted by return, as in training), DT over independent episodes;
+   uniform-random and best-constant baselines on the same reset seeds.
+4. Print a table with 95% bootstrap intervals over trials (one training seed: these intervals
+   say nothing about training variance) and write ``summary.json`` and ``curve.png``.
 
 Everything is resumable: the dataset, each training run and each evaluation are reused when
 already complete. ``--tiny`` shrinks every stage (a smoke test; the numbers mean nothing).
@@ -32,20 +35,20 @@ class Plan:
     collect_steps: int = 20_000  # SAC env steps (20 episodes of 1000 steps)
     learning_starts: int = 5_000
     at_steps: int = 400
-    at_batch: int = 4  # chains per step (4 x 4000 tokens); 240 steps x 2 chains was not enough
-    dt_steps: int = 400
-    at_trajectories: int = 3  # N whole episodes per training chain (= in-context episodes)
-    tokens_per_step: int = 1  # fused: 3000 tokens for 3 episodes
+    at_batch: int = 4  # chains per step (4 x 2000 tokens)
+    dt_steps: int = 2500  # 2500 x 64 windows x 20 steps = AT's 400 x 4 x 2000 action targets
+    dt_batch: int = 64
+    at_trajectories: int = 2  # N whole episodes per training chain (20 episodes = 10 x N)
+    tokens_per_step: int = 1  # fused: 2000 tokens for 2 episodes
     d_model: int = 64
     num_layers: int = 2
-    block_size: int = (
-        125  # 3000 = 8 zigzag chunks of 3 blocks: no padding; small blocks stay in cache
-    )
-    remat: bool = False  # activations of 4 x 3000 tokens x width 64 fit easily: no recompute
+    block_size: int = 125  # 2000 = 8 zigzag chunks of 2 blocks: no padding
+    remat: bool = False  # activations of 4 x 2000 tokens x width 64 fit easily: no recompute
     seq_devices: int = 4
-    trials: int = 4
-    envs: int = 4
-    dt_trials: int = 4
+    trials: int = 5
+    envs: int = 5
+    dt_trials: int = 5
+    dt_episodes: int = 2
     collect_policy: str = "sac"
 
 
@@ -55,6 +58,7 @@ TINY = Plan(
     learning_starts=200,
     at_steps=3,
     dt_steps=3,
+    dt_batch=8,
     at_trajectories=2,
     d_model=16,
     num_layers=1,
@@ -125,12 +129,13 @@ def dt_overrides(plan: Plan, data: Path, max_steps: int) -> list[str]:
         "agent.num_trajectories=1",
         "agent.steps_per_trajectory=20",
         "agent.random_window_start=true",
-        "agent.tokens_per_step=4",
+        "agent.tokens_per_step=3",
         f"agent.max_timestep={max_steps}",
         *_model(plan, "vanilla"),
-        "model.block_size=80",
+        "model.block_size=60",
         f"train.steps={plan.dt_steps}",
-        "train.batch_size=32",
+        f"train.batch_size={plan.dt_batch}",
+        f"train.log_every={max(plan.dt_steps // 50, 1)}",
         "train.mesh_seq=1",
         f"train.ckpt_every={plan.dt_steps}",
         "optim.lr=0.001",
@@ -162,15 +167,19 @@ def train_run(overrides: list[str], run_dir: Path, label: str) -> None:
         raise RuntimeError(f"training {cfg.name} failed")
 
 
-def evaluate_run(run_dir: Path, trials: int, envs: int, episodes: int | None) -> dict:
+def evaluate_run(run_dir: Path, trials: int, envs: int, episodes: int, seed: int) -> dict:
     from ringrl.evaluate import evaluate
 
     done = run_dir / "eval.json"
     if done.exists():
         r = json.loads(done.read_text())
-        if r.get("trials") == trials and (episodes is None or r.get("episodes") == episodes):
+        if (r.get("trials"), r.get("episodes"), r.get("reset_seeds", [[None]])[0][0]) == (
+            trials,
+            episodes,
+            seed,
+        ):
             return r
-    return evaluate(run_dir, trials=trials, num_envs=envs, episodes=episodes)
+    return evaluate(run_dir, trials=trials, num_envs=envs, episodes=episodes, seed=seed)
 
 
 def quickstart(
@@ -179,7 +188,7 @@ def quickstart(
     """Run every stage into ``run_dir``; returns the summary (also ``summary.json``)."""
     plan = plan or Plan()
     import envs
-    from ringrl.evaluate import plot_curve
+    from ringrl.evaluate import plot_curve, seed_block
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -192,19 +201,23 @@ def quickstart(
     train_run(dt_overrides(plan, data, max_steps), run_dir / "dt", "3/4")
     stamps["train_dt_s"] = time.perf_counter() - t0 - sum(stamps.values())
     print("[4/4] evaluating AT (in-context, KV cache) and DT", flush=True)
-    at = evaluate_run(run_dir / "at", plan.trials, plan.envs, plan.at_trajectories)
-    dt = evaluate_run(run_dir / "dt", plan.dt_trials, plan.envs, 1)
+    K = 2 * plan.at_trajectories
+    at = evaluate_run(run_dir / "at", plan.trials, plan.envs, K, seed_block(0, 0))
+    dt = evaluate_run(run_dir / "dt", plan.dt_trials, plan.envs, plan.dt_episodes, seed_block(1, 0))
     stamps["eval_s"] = time.perf_counter() - t0 - sum(stamps.values())
+    at["label"], dt["label"] = "AT", "DT"
     plot_curve([at, dt], run_dir / "curve.png", f"{plan.task}: in-context return")
+    keys = ("final_return", "mean_return", "random_return", "constant_return")
     summary = {
         "task": plan.task,
-        "random_return_mean": at["random_return_mean"],
+        "N": plan.at_trajectories,
+        "episodes": K,
         "dataset_best_return": at["dataset_best_return"],
         "dataset_mean_return": at["dataset_mean_return"],
-        "dt_return_mean": dt["final_return_mean"],
-        "at_final_return_mean": at["final_return_mean"],
+        "at": {k: [at[f"{k}_mean"], *at[f"{k}_ci95"]] for k in keys},
         "at_max_return_mean": at["max_return_mean"],
         "at_curve": at["episode_return_mean"],
+        "dt": {k: [dt[f"{k}_mean"], *dt[f"{k}_ci95"]] for k in keys},
         "at_vs_random": (
             at["final_return_mean"] / at["random_return_mean"]
             if at["random_return_mean"] > 0
@@ -219,28 +232,35 @@ def quickstart(
 
 
 def table(s: dict, at: dict, dt: dict) -> str:
+    def ci(v: list) -> str:
+        return f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]"
+
     curve = " -> ".join(f"{x:.1f}" for x in s["at_curve"])
+    a, d = s["at"], s["dt"]
     rows = [
-        ("random (uniform actions)", f"{s['random_return_mean']:.1f}"),
+        ("random (uniform actions)", ci(a["random_return"])),
+        ("best constant action", ci(a["constant_return"])),
         (
             "dataset best / mean episode",
             f"{s['dataset_best_return']:.1f} / {s['dataset_mean_return']:.1f}",
         ),
-        (
-            f"DT ({dt['trials']} trials)",
-            f"{s['dt_return_mean']:.1f} ± {dt['final_return_std']:.1f}",
-        ),
-        (
-            f"AT final episode ({at['trials']} trials)",
-            f"{s['at_final_return_mean']:.1f} ± {at['final_return_std']:.1f}",
-        ),
+        (f"DT ({dt['trials']} trials x {dt['episodes']} episodes)", ci(d["mean_return"])),
+        (f"AT final episode ({at['trials']} trials)", ci(a["final_return"])),
+        (f"AT mean over its {s['episodes']} episodes", ci(a["mean_return"])),
         ("AT max over episodes (AT paper's metric)", f"{s['at_max_return_mean']:.1f}"),
-        ("AT in-context curve (episode 1 -> N)", curve),
+        (f"AT in-context curve (episode 1 -> {s['episodes']})", curve),
         ("AT final / random", "n/a" if s["at_vs_random"] is None else f"{s['at_vs_random']:.1f}x"),
     ]
     width = max(len(r[0]) for r in rows)
-    lines = [f"{s['task']} -- return per episode (time: {s['total_s']:.0f} s)"]
+    lines = [
+        f"{s['task']} -- return per episode, mean [95% bootstrap interval over trials of one "
+        f"trained model] (time: {s['total_s']:.0f} s)"
+    ]
     lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+    lines.append(
+        f"  AT was trained on chains of N = {s['N']} episodes; the episodes after episode "
+        f"{s['N']} show whether it keeps improving past its training context"
+    )
     return "\n".join(lines)
 
 

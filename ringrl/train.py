@@ -253,6 +253,9 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
                 settle()
                 ckpt.save(done, nnx.to_pure_dict(state), {"sampler": {"step": done}})
                 last_good = done
+            if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+                settle()
+                logger.log(done, evaluate_now(cfg, graphdef, rng_state, state, ds))
             if done == t.steps:
                 break
     except NonFiniteLoss as e:
@@ -267,6 +270,36 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
         ckpt.close()
         logger.close()
     return status
+
+
+def evaluate_now(cfg: Config, graphdef, rng_state, state, ds) -> dict[str, float]:
+    """A few in-context trials of the current parameters (``train.eval_every``).
+
+    The same reset seeds at every evaluation (so points are comparable), in a block no final
+    evaluation or other run uses (:func:`ringrl.evaluate.seed_block`).
+    """
+    from ringrl.evaluate import run_trials, seed_block
+
+    task = ds.metadata.get("task") or cfg.data.task
+    if not task:
+        raise ConfigError("train.eval_every needs a task: the dataset names none (set data.task)")
+    t, a = cfg.train, cfg.agent
+    episodes = t.eval_episodes or (2 * a.num_trajectories if a.kind == "at" else 1)
+    agent, _ = nnx.merge(graphdef, rng_state, state)
+    returns, _ = run_trials(
+        agent,
+        task,
+        trials=t.eval_trials,
+        episodes=episodes,
+        num_envs=t.eval_trials,
+        target=float(ds.returns.max()),
+        seed=seed_block(99, t.seed),
+    )
+    return {
+        "eval_final_return": float(returns[:, -1].mean()),
+        "eval_mean_return": float(returns.mean()),
+        "eval_first_return": float(returns[:, 0].mean()),
+    }
 
 
 def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: ChainSampler) -> None:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ringrl.evaluate import RandomPolicy, evaluate, rollout
+from ringrl.evaluate import SEED_STRIDE, RandomPolicy, evaluate, rollout, seed_block
 from ringrl.quickstart import TINY, at_overrides, collect, dt_overrides, train_run
 
 TASK = TINY.task  # Reacher-v5: 50-step episodes
@@ -13,10 +13,12 @@ TASK = TINY.task  # Reacher-v5: 50-step episodes
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny dataset and tiny AT (2 episodes of context) and DT runs, trained 3 steps."""
+    """A tiny dataset and tiny AT (N = 2, 1-token and 4-token layouts) and DT runs, 3 steps."""
     root = tmp_path_factory.mktemp("runs")
     data = collect(TINY, root)
     train_run(at_overrides(TINY, data, 50), root / "at", "at")
+    four = [*at_overrides(TINY, data, 50), "agent.tokens_per_step=4", "name=at4"]
+    train_run(four, root / "at4", "at4")
     train_run(dt_overrides(TINY, data, 50), root / "dt", "dt")
     return root
 
@@ -32,39 +34,69 @@ def test_rollout_fixed_quota_and_seeded():
 
 def test_eval_at_in_context_writes_json_and_plot(runs):
     r = evaluate(runs / "at", trials=3, num_envs=2)
-    assert r["decode"] == "cache" and r["episodes"] == 2  # default K = N for AT
+    assert r["decode"] == "cache" and r["episodes"] == 4  # default K = 2N for AT
     saved = json.loads((runs / "at" / "eval.json").read_text())
     for key in (
         "task",
         "method",
         "returns",
         "final_return_mean",
+        "final_return_ci95",
+        "mean_return_mean",
         "max_return_mean",
         "max_return_note",
         "final_normalized_mean",
-        "max_normalized_mean",
         "random_return_mean",
+        "constant_return_mean",
+        "constant_action",
+        "reset_seeds",
+        "order",
     ):
         assert key in saved
     returns = np.asarray(saved["returns"])
-    assert saved["task"] == TASK and saved["method"] == "at" and returns.shape == (3, 2)
+    assert saved["task"] == TASK and saved["method"] == "at" and returns.shape == (3, 4)
     assert saved["final_return_mean"] == pytest.approx(returns[:, -1].mean(), abs=1e-2)
     assert saved["max_return_mean"] == pytest.approx(returns.max(1).mean(), abs=1e-2)
+    lo, hi = saved["final_return_ci95"]
+    assert lo <= saved["final_return_mean"] <= hi
     assert saved["target_return"] == pytest.approx(saved["dataset_best_return"])
+    assert saved["order"] == "sorted"
     assert (runs / "at" / "eval_curve.png").stat().st_size > 1000
 
 
-def test_eval_cache_equals_recompute(runs, tmp_path):
+def test_every_reset_seed_of_an_evaluation_is_distinct_and_recorded(runs, tmp_path):
+    r = evaluate(runs / "at", trials=3, num_envs=2, episodes=2, seed=500, out_dir=tmp_path)
+    seeds = np.asarray(r["reset_seeds"])
+    assert seeds.shape == (3, 2) and len(np.unique(seeds)) == 6 and seeds.min() == 500
+
+
+def test_seed_blocks_of_a_comparison_never_overlap():
+    blocks = [seed_block(m, s) for m in range(5) for s in range(5)]
+    ranges = sorted((b, b + SEED_STRIDE) for b in blocks)
+    assert all(hi <= lo2 for (_, hi), (lo2, _) in zip(ranges, ranges[1:], strict=False))
+
+
+@pytest.mark.parametrize("run", ["at", "at4"])  # 1-token and 4-token layouts
+@pytest.mark.parametrize("episodes", [2, 4, 6])  # K = N, 2N, 3N
+def test_eval_cache_equals_recompute(runs, tmp_path, run, episodes):
     """The same trials with the KV cache and with full recompute give the same returns."""
-    kw = dict(trials=2, num_envs=2, episodes=2)
+    kw = dict(trials=2, num_envs=2, episodes=episodes, with_baselines=False)
+    cached = evaluate(runs / run, decode="cache", out_dir=tmp_path / "c", **kw)
+    full = evaluate(runs / run, decode="recompute", out_dir=tmp_path / "r", **kw)
+    assert full["decode"] == "recompute" and cached["decode"] == "cache"
+    np.testing.assert_allclose(cached["returns"], full["returns"], atol=1e-2)
+
+
+def test_eval_played_order_is_recorded_and_cache_equals_recompute(runs, tmp_path):
+    kw = dict(trials=1, num_envs=1, episodes=4, with_baselines=False, order="played")
     cached = evaluate(runs / "at", decode="cache", out_dir=tmp_path / "c", **kw)
     full = evaluate(runs / "at", decode="recompute", out_dir=tmp_path / "r", **kw)
-    assert full["decode"] == "recompute"
+    assert cached["order"] == "played"
     np.testing.assert_allclose(cached["returns"], full["returns"], atol=1e-2)
 
 
 def test_eval_sharded_cache_equals_unsharded(runs, tmp_path):
-    kw = dict(trials=1, num_envs=1, episodes=2, decode="cache")
+    kw = dict(trials=1, num_envs=1, episodes=3, decode="cache", with_baselines=False)
     one = evaluate(runs / "at", out_dir=tmp_path / "1", **kw)
     four = evaluate(runs / "at", seq_shards=4, out_dir=tmp_path / "4", **kw)
     np.testing.assert_allclose(one["returns"], four["returns"], atol=1e-2)
@@ -74,7 +106,9 @@ def test_eval_dt_through_cli(runs, capsys):
     from ringrl.cli import main
 
     ckpt = next((runs / "dt" / "checkpoints").glob("[0-9]*"))
-    assert main(["eval", str(ckpt), "--trials", "2", "--envs", "2", "--no-progress"]) == 0
-    assert "max-over-episodes" in capsys.readouterr().out
+    argv = ["eval", str(ckpt), "--trials", "2", "--envs", "2", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "max-over-episodes" in out and "95% CI" in out
     r = json.loads((runs / "dt" / "eval.json").read_text())
     assert r["method"] == "dt" and r["episodes"] == 1 and r["decode"] == "recompute"

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"KV cache: {kv_sps:.1f} env steps/s over {E} envs", flush=True)
     del cached
 
-    full = RecomputePolicy(agent, E, 500.0)  # built even when skipped: cheap
+    full = RecomputePolicy(agent, E, 500.0, args.episode)  # built even when skipped: cheap
     rng = np.random.default_rng(0)
     for h in full.histories:
         for _ in range(H):
