@@ -106,6 +106,7 @@ LOCAL_TARGETS_PER_UPDATE = 16_000  # steps: batch x N x episode length
 LOCAL_AT = {
     "agent": {"tokens_per_step": 1},
     "optim": {"warmup_steps": 40},
+    "train": {"eval_every": 200, "eval_trials": 2, "eval_episodes": 2},  # curve during training
 }
 LOCAL_WINDOW_BATCH = 64  # DT / BC-10%: 64 windows of 20 steps per update
 
@@ -133,7 +134,9 @@ def preset(scale: str, task: str, method: str) -> dict:
             updates = SCALES["local"]["train"]["steps"] * LOCAL_TARGETS_PER_UPDATE
             updates //= LOCAL_WINDOW_BATCH * DT_CONTEXT
             cfg["train"] = {**cfg["train"], "batch_size": LOCAL_WINDOW_BATCH, "steps": updates,
-                            "ckpt_every": updates // 4, "log_every": 50}  # fmt: skip
+                            "ckpt_every": updates // 4, "log_every": 50,
+                            "eval_every": updates // 2, "eval_trials": 2,
+                            "eval_episodes": 2}  # fmt: skip
             block = DT_CONTEXT * (2 if agent["kind"] == "bc" else agent["tokens_per_step"])
             cfg["model"] = {**cfg["model"], "block_size": block}
     else:  # Agentic Transformer: chains of whole episodes
