@@ -115,6 +115,32 @@ def test_rematerialisation_does_not_change_gradients():
     assert max_rel_diff(g0, g1) <= 1e-5
 
 
+def test_parameters_do_not_depend_on_feedforward():
+    trees = [
+        nnx.state(
+            Transformer(dataclasses.replace(CFG, feedforward=ff), rngs=nnx.Rngs(0)), nnx.Param
+        )
+        for ff in ("blockwise", "full")
+    ]
+    shapes = [jax.tree.map(lambda p: (p.shape, p.dtype), t) for t in trees]
+    assert shapes[0] == shapes[1]
+    leaves = [jax.tree.leaves(t) for t in trees]
+    assert all(np.array_equal(a, b) for a, b in zip(*leaves, strict=True))
+
+
+@pytest.mark.parametrize("impl", ["vanilla", "blockwise"])
+def test_full_feedforward_matches_blockwise_outputs_and_grads(impl):
+    x, seg = inputs()  # two segments and padding
+    blockwise = Transformer(dataclasses.replace(CFG, attention=impl), rngs=nnx.Rngs(0))
+    full = Transformer(dataclasses.replace(blockwise.cfg, feedforward="full"), rngs=nnx.Rngs(0))
+    run = nnx.jit(lambda m, x, seg: m(x, segment_ids=seg))
+    np.testing.assert_allclose(run(full, x, seg), run(blockwise, x, seg), rtol=1e-5, atol=1e-5)
+    loss0, grads0 = jit_value_and_grad(blockwise, x, seg)
+    loss1, grads1 = jit_value_and_grad(full, x, seg)
+    np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-5)
+    assert max_rel_diff(grads1, grads0) <= 1e-5
+
+
 def test_bfloat16_compute_keeps_float32_parameters_and_stays_close():
     x, seg = inputs()
     cfg = dataclasses.replace(CFG, compute_dtype="bfloat16")
@@ -178,9 +204,11 @@ def test_blockwise_map_passes_each_block_its_index():
     np.testing.assert_array_equal(idx[0, :, 0], np.repeat(np.arange(3.0), 4))
 
 
-def test_config_rejects_unknown_attention():
+def test_config_rejects_unknown_attention_and_feedforward():
     with pytest.raises(ValueError, match="attention must be one of"):
         TransformerConfig(attention="flash")
+    with pytest.raises(ValueError, match="feedforward must be one of"):
+        TransformerConfig(feedforward="chunked")
 
 
 def test_make_mesh_takes_remaining_devices_and_names_axes():

@@ -11,6 +11,7 @@ import importlib
 BENCHES = {
     "attention": ("ringrl.bench.attention", "attention paths: time, FLOP/s, memory, error, peer"),
     "context": ("ringrl.bench.context", "longest context within a per-device memory budget"),
+    "memory": ("ringrl.bench.memory_me_bpt", "ME vs BPT: compiled training-step memory"),
     "data": ("ringrl.bench.data_load", "loading a 1M-step D4RL file"),
     "train": ("ringrl.bench.train_throughput", "training throughput and memory"),
     "eval": ("ringrl.bench.eval_throughput", "rollout throughput with and without KV cache"),
