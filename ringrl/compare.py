@@ -322,22 +322,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[0, 1, 2, 3, 4],
         help="training seeds (default: 0,1,2,3,4)",
     )
-    parser.add_argument("--scale", default="local", choices=["local", "paper"])
-    parser.add_argument("--run-dir", default="runs/compare", help="default: %(default)s")
-    parser.add_argument("--data-dir", default="data", help="default: %(default)s")
+    parser.add_argument(
+        "--scale",
+        default="local",
+        choices=["local", "paper"],
+        help="presets: configs/local (this machine's sizes) or configs/paper "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--run-dir", default="runs/compare", help="runs and the report (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--data-dir", default="data", help="datasets, <task>/explore.hdf5 (default: %(default)s)"
+    )
     parser.add_argument(
         "--collect-steps",
         type=int,
         default=50_000,
         help="dataset size: 50 episodes of 1000 steps, >= 10 x N for N = 4 (default: %(default)s)",
     )
-    parser.add_argument("--collect-policy", default="explore", choices=["explore", "random"])
+    parser.add_argument(
+        "--collect-policy",
+        default="explore",
+        choices=["explore", "random"],
+        help="behaviour of missing datasets' collection (default: %(default)s)",
+    )
     parser.add_argument("--trials", type=int, default=10, help="trials per seed (default: 10)")
     parser.add_argument(
         "--dt-episodes", type=int, default=2, help="episodes per trial of DT/BC (default: 2)"
     )
-    parser.add_argument("--envs", type=int, default=5, help="parallel environments")
-    parser.add_argument("--publish", default=None, help="copy eval.json files and the report here")
+    parser.add_argument(
+        "--envs", type=int, default=5, help="parallel environments (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--publish", default=None, help="copy eval.json files and the report here (default: no)"
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",

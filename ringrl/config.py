@@ -117,6 +117,9 @@ class Config:
             ("model.block_size", self.model.block_size >= 1, ">= 1"),
             ("model.feedforward", self.model.feedforward in ("blockwise", "full"), "either"),
             ("train.steps", self.train.steps >= 1, ">= 1"),
+            ("train.batch_size", self.train.batch_size >= 1, ">= 1"),
+            ("train.log_every", self.train.log_every >= 1, ">= 1"),
+            ("train.ckpt_every", self.train.ckpt_every >= 1, ">= 1"),
             ("train.eval_every", self.train.eval_every >= 0, ">= 0"),
             ("train.eval_trials", self.train.eval_trials >= 1, ">= 1"),
         ]

@@ -15,7 +15,7 @@ block of seeds (:func:`seed_block`). ``eval.json`` lists them. The baselines -- 
 actions and the best constant action of a small grid (chosen on separate selection seeds) --
 run on the same reset seeds as the agent.
 
-Acting: with a context of at least two whole episodes the agent decodes incrementally from a
+Acting: with a context that holds a whole episode the agent decodes incrementally from a
 KV cache (:class:`ringrl.decode.IncrementalPolicy`; sharded over ``"seq"`` with
 ``--seq-shards``), otherwise (DT, BC: windows of a few steps) it recomputes its window at
 every step (:class:`RecomputePolicy`). Both build the same context. Outputs in the run
@@ -269,19 +269,44 @@ def find_run(path: str | Path) -> tuple[Path, int | None]:
 
 
 def load_agent(path: str | Path, *, data_path: str | None = None):
-    """``(agent, cfg, dataset, step)`` restored from a run directory or checkpoint."""
+    """``(agent, cfg, dataset, step)`` restored from a run directory or checkpoint.
+
+    Works from any working directory, and after the run directory moved with its dataset:
+    without ``data_path``, the config's dataset path is tried as given, relative to the run
+    directory, then the absolute and run-relative paths stored in ``data.json`` at training
+    (:func:`ringrl.rundir.resolve_dataset`); none existing is a
+    :class:`ringrl.rundir.DatasetNotFound` naming every path tried.
+    """
     from flax import nnx
 
     from ringrl.checkpoint import Checkpointer
     from ringrl.config import load_config
+    from ringrl.data import DatasetError
     from ringrl.parallel import make_mesh
+    from ringrl.rundir import DatasetNotFound, read_data_report, resolve_dataset
     from ringrl.train import _load_episodes, init_state
 
     run_dir, step = find_run(path)
     cfg = load_config(run_dir / "config.yaml")
+    report = read_data_report(run_dir)
     if data_path:
         cfg.data.path = data_path
-    ds = _load_episodes(cfg)
+        ds = _load_episodes(cfg)
+    else:
+        try:
+            cfg.data.path = resolve_dataset(run_dir, cfg.data.path, report)
+            ds = _load_episodes(cfg)
+        except DatasetNotFound as missing:
+            try:  # no such file: perhaps a Minari dataset id
+                ds = _load_episodes(cfg)
+            except DatasetError:
+                raise missing from None
+    stored = (report.get("obs_dim"), report.get("act_dim"))
+    if None not in stored and stored != (ds.obs_dim, ds.act_dim):
+        raise ValueError(
+            f"{cfg.data.path} has observations/actions of sizes {ds.obs_dim}/{ds.act_dim}; "
+            f"run {run_dir} was trained on {stored[0]}/{stored[1]}"
+        )
     mesh = make_mesh(1, 1)
     graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh)
     ckpt = Checkpointer(run_dir / "checkpoints")
@@ -305,13 +330,13 @@ def make_policy(
     seq_shards: int,
     order: str = "sorted",
 ):
-    """A KV-cache policy when the context holds >= 2 whole episodes (or asked), else recompute."""
+    """A KV-cache policy when the context holds a whole episode (or asked), else recompute."""
     from ringrl.decode import IncrementalPolicy
     from ringrl.model import with_attention
     from ringrl.parallel import make_mesh
 
     if decode == "auto":
-        decode = "cache" if agent.cfg.context_steps >= 2 * max_steps else "recompute"
+        decode = "cache" if agent.cfg.context_steps >= max_steps else "recompute"
     if decode == "cache":
         mesh = make_mesh(1, seq_shards) if seq_shards > 1 else None
         policy = IncrementalPolicy(agent, num_envs, target, max_steps, order=order, mesh=mesh)
@@ -566,7 +591,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="target return (default: dataset best x --target-scale)",
     )
-    parser.add_argument("--target-scale", type=float, default=1.0)
+    parser.add_argument(
+        "--target-scale",
+        type=float,
+        default=1.0,
+        help="multiplies the dataset's best return when no --target is given",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -581,18 +611,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="order of the previous episodes in the context: by return as in training, or as "
         "played (default: %(default)s)",
     )
-    parser.add_argument("--decode", choices=["auto", "cache", "recompute"], default="auto")
+    parser.add_argument(
+        "--decode",
+        choices=["auto", "cache", "recompute"],
+        default="auto",
+        help="KV cache or recompute the window at every step; auto: the cache when the "
+        "context holds a whole episode (default: %(default)s)",
+    )
     parser.add_argument(
         "--seq-shards",
         type=int,
         default=1,
-        help="devices the KV cache is sharded over (ring-style decoding)",
+        help="devices the KV cache is sharded over (ring-style decoding; default: %(default)s)",
     )
     parser.add_argument("--task", default=None, help="env id (default: the dataset's task)")
     parser.add_argument("--data", default=None, help="dataset path (default: the config's)")
     parser.add_argument("--out", default=None, help="output directory (default: the run dir)")
-    parser.add_argument("--no-baselines", action="store_true", help="skip random/constant")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the uniform-random and best-constant baselines",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@
    (``ringrl collect ... --policy sac``: every transition SAC saw while learning).
 2. Train an Agentic Transformer (ring attention over 4 host devices, chains of N = 2 whole
    episodes, the dataset's 20 episodes being 10 x N) and a Decision Transformer (its paper's
-   return/state/action tokens, K = 20 step windows, as many action targets as AT) on it.
+   return/state/action tokens, K = 20 step windows, as many training tokens as AT) on it.
 3. Evaluate both (``ringrl eval``): AT over 2N in-context episodes per trial with the KV cache
    (the previous episodes sorted by return, as in training), DT over independent episodes;
    uniform-random and best-constant baselines on the same reset seeds.
@@ -36,7 +36,9 @@ class Plan:
     learning_starts: int = 5_000
     at_steps: int = 400
     at_batch: int = 4  # chains per step (4 x 2000 tokens)
-    dt_steps: int = 2500  # 2500 x 64 windows x 20 steps = AT's 400 x 4 x 2000 action targets
+    # DT: as many training tokens as AT (800 x 64 windows x 20 steps x 3 tokens = 3.1M, AT 400 x
+    # 4 x 2000 x 1 = 3.2M), i.e. a third of AT's action targets (DT has 3 tokens per step)
+    dt_steps: int = 800
     dt_batch: int = 64
     at_trajectories: int = 2  # N whole episodes per training chain (20 episodes = 10 x N)
     tokens_per_step: int = 1  # fused: 2000 tokens for 2 episodes
@@ -223,6 +225,16 @@ def quickstart(
             if at["random_return_mean"] > 0
             else None
         ),
+        "compute": {
+            "at_action_targets": plan.at_steps * plan.at_batch * plan.at_trajectories * max_steps,
+            "at_tokens": plan.at_steps
+            * plan.at_batch
+            * plan.at_trajectories
+            * max_steps
+            * plan.tokens_per_step,
+            "dt_action_targets": plan.dt_steps * plan.dt_batch * 20,
+            "dt_tokens": plan.dt_steps * plan.dt_batch * 20 * 3,
+        },
         "wall_s": {k: round(v, 1) for k, v in stamps.items()},
         "total_s": round(time.perf_counter() - t0, 1),
     }
@@ -236,7 +248,7 @@ def table(s: dict, at: dict, dt: dict) -> str:
         return f"{v[0]:.1f} [{v[1]:.1f}, {v[2]:.1f}]"
 
     curve = " -> ".join(f"{x:.1f}" for x in s["at_curve"])
-    a, d = s["at"], s["dt"]
+    a, d, c = s["at"], s["dt"], s["compute"]
     rows = [
         ("random (uniform actions)", ci(a["random_return"])),
         ("best constant action", ci(a["constant_return"])),
@@ -250,6 +262,11 @@ def table(s: dict, at: dict, dt: dict) -> str:
         ("AT max over episodes (AT paper's metric)", f"{s['at_max_return_mean']:.1f}"),
         (f"AT in-context curve (episode 1 -> {s['episodes']})", curve),
         ("AT final / random", "n/a" if s["at_vs_random"] is None else f"{s['at_vs_random']:.1f}x"),
+        (
+            "training: action targets / tokens",
+            f"AT {c['at_action_targets'] / 1e6:.2f}M / {c['at_tokens'] / 1e6:.2f}M, "
+            f"DT {c['dt_action_targets'] / 1e6:.2f}M / {c['dt_tokens'] / 1e6:.2f}M",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [
@@ -265,15 +282,23 @@ def table(s: dict, at: dict, dt: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", default="runs/quickstart", help="output directory")
-    parser.add_argument("--data-dir", default=None, help="dataset directory (default: run dir)")
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="output directory: dataset, runs, summary (default: runs/quickstart, "
+        "runs/quickstart_tiny with --tiny)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="dataset directory (default: the run directory)"
+    )
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="a seconds-long smoke test on Reacher-v5 (meaningless numbers)",
+        help="every stage in about a minute on Reacher-v5, a smoke test (meaningless numbers)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    quickstart(args.run_dir, TINY if args.tiny else Plan(), args.data_dir)
+    run_dir = args.run_dir or ("runs/quickstart_tiny" if args.tiny else "runs/quickstart")
+    quickstart(run_dir, TINY if args.tiny else Plan(), args.data_dir)
     return 0

@@ -1,11 +1,17 @@
 """``ringrl train CONFIG [--run-dir DIR] [--set key=value ...]``: offline training of an agent.
 
-The run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl``, TensorBoard
-events (``tb/``), orbax checkpoints (``checkpoints/``) and ``loss.png``. Running the same command
-again resumes from the last checkpoint. The training state (parameters, optimizer state, dataset
-statistics) and the sampler's step are checkpointed; batches and dropout keys are functions of
-``(seed, step)``, so a resumed run ends with the same parameters as an uninterrupted one.
-A non-finite loss stops the run (exit code 1) before any checkpoint of the poisoned state.
+The run directory holds ``config.yaml`` (the resolved config), ``data.json`` (what evaluation
+needs of the data: its absolute and run-relative paths, sizes, task, return statistics),
+``metrics.jsonl``, TensorBoard events (``tb/``), orbax checkpoints (``checkpoints/``) and
+``loss.png``. Running the same command again resumes from the last checkpoint, only when the
+saved config matches (:func:`ringrl.rundir.check_resumable`: the step count may grow, logging,
+checkpointing and evaluation settings may change); a lock (``.lock``) keeps a second trainer
+out. The training state (parameters, optimizer state, dataset statistics) and the sampler's step
+are checkpointed; batches and dropout keys are functions of ``(seed, step)``, so a resumed run
+ends with the same parameters as an uninterrupted one. A non-finite loss stops the run (exit
+code 1) before any checkpoint of the poisoned state. A config that does not match the run
+directory's, a locked run directory, or a dataset that does not fit its task's environment is a
+one-line error with exit code 2, before ``config.yaml`` or anything else of the run is written.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from agents import BC, AgenticTransformer, DecisionTransformer
 from agents.agentic import AgentConfig
-from ringrl.config import Config, ConfigError, add_override_argument, dump_config, load_config
+from ringrl.config import Config, ConfigError, add_override_argument, load_config
 from ringrl.context import completion_level, data_scales, visible_completion_fraction
 from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
@@ -39,6 +45,10 @@ AGENTS = {"at": AgenticTransformer, "dt": DecisionTransformer, "bc": BC}
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class DatasetMismatch(ConfigError):
+    """The dataset's observation / action sizes do not fit its task's environment."""
 
 
 # ---- building blocks (also used by the throughput benchmark) -----------------------------------
@@ -171,19 +181,37 @@ def _load_episodes(cfg: Config):
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
-    """Train (or resume) ``cfg`` in ``run_dir``; 0 on success, 1 on a non-finite loss."""
-    from ringrl.checkpoint import Checkpointer
-    from ringrl.metrics import MetricsLogger
+    """Train (or resume) ``cfg`` in ``run_dir``; 0 on success, 1 on a non-finite loss.
+
+    Refused before anything in ``run_dir`` changes: :class:`ringrl.rundir.ConfigMismatch` when
+    ``run_dir`` holds a run of another config, :class:`ringrl.rundir.RunDirLocked` while another
+    trainer holds the run directory's lock, :class:`DatasetMismatch` when the dataset does not
+    fit its task's environment.
+    """
+    from ringrl.rundir import RunDirLock, check_resumable
 
     run_dir = Path(run_dir)
+    check_resumable(run_dir, cfg)  # read-only: a refused run leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    t = cfg.train
+    index = jax.process_index()  # one lock per process of a multi-host run
+    with RunDirLock(run_dir, ".lock" if index == 0 else f".lock.{index}"):
+        check_resumable(run_dir, cfg)  # again, now that no other trainer can write it
+        return _train_locked(cfg, run_dir, progress)
 
+
+def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
+    from ringrl.checkpoint import Checkpointer
+    from ringrl.metrics import MetricsLogger
+    from ringrl.rundir import write_config
+
+    t = cfg.train
     ds = _load_episodes(cfg)
+    check_task_spaces(cfg, ds)
     mesh = make_mesh(t.mesh_data, t.mesh_seq)
     if t.batch_size % mesh.shape["data"]:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must divide by train.mesh_data")
+    _check_stored_dims(run_dir, cfg, ds)
+    write_config(cfg, run_dir)
     stats = data_statistics(cfg, ds)
     graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh, stats)
     acfg = agent_config(cfg, ds.obs_dim, ds.act_dim)
@@ -272,6 +300,69 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
     return status
 
 
+def dataset_task(cfg: Config, ds) -> str | None:
+    """The task the dataset names (its metadata's ``task``, else ``data.task``), or None."""
+    task = ds.metadata.get("task") or cfg.data.task
+    return str(task) if task else None
+
+
+def check_task_spaces(cfg: Config, ds) -> None:
+    """Check the dataset's sizes against its task's environment, before anything compiles.
+
+    Raises :class:`DatasetMismatch` naming the dataset file, the task and both shapes when
+    they differ (or the environment's actions are not continuous). A task that cannot be made
+    is an error only when training evaluates (``train.eval_every``), else a warning.
+    """
+    task = dataset_task(cfg, ds)
+    if task is None:
+        return
+    where = cfg.data.path
+    try:
+        import envs
+
+        env = envs.make(task)
+    except Exception as e:  # unknown id, or a simulator that cannot start here
+        why = (str(e).splitlines() or [""])[0] or type(e).__name__
+        msg = f"{where}: its task {task!r} cannot be made ({why})"
+        if cfg.train.eval_every:
+            raise DatasetMismatch(
+                f"{msg}; train.eval_every needs it (set data.task, or train.eval_every=0)"
+            ) from None
+        print(f"warning: {msg}; not checking the dataset's sizes against it", file=sys.stderr)
+        return
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    import gymnasium
+
+    continuous = isinstance(act_space, gymnasium.spaces.Box)
+    env_obs = tuple(getattr(obs_space, "shape", None) or ())
+    env_act = tuple(act_space.shape) if continuous else f"discrete({getattr(act_space, 'n', '?')})"
+    if env_obs != (ds.obs_dim,) or env_act != (ds.act_dim,):
+        raise DatasetMismatch(
+            f"{where} does not fit its task {task!r}: dataset observations ({ds.obs_dim},), "
+            f"actions ({ds.act_dim},) continuous; environment observations {env_obs}, "
+            f"actions {env_act}{' continuous' if continuous else ''}"
+        )
+
+
+def _check_stored_dims(run_dir: Path, cfg: Config, ds) -> None:
+    """A run with checkpoints resumes only on data of the sizes it was trained on."""
+    from ringrl.rundir import ConfigMismatch, read_data_report
+
+    ckpts = run_dir / "checkpoints"
+    if not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        return
+    report = read_data_report(run_dir)
+    stored = (report.get("obs_dim"), report.get("act_dim"))
+    if None not in stored and stored != (ds.obs_dim, ds.act_dim):
+        raise ConfigMismatch(
+            f"{run_dir} was trained on observations/actions of sizes {stored[0]}/{stored[1]}; "
+            f"{cfg.data.path} has {ds.obs_dim}/{ds.act_dim}: use another --run-dir"
+        )
+
+
 def evaluate_now(cfg: Config, graphdef, rng_state, state, ds) -> dict[str, float]:
     """A few in-context trials of the current parameters (``train.eval_every``).
 
@@ -280,7 +371,7 @@ def evaluate_now(cfg: Config, graphdef, rng_state, state, ds) -> dict[str, float
     """
     from ringrl.evaluate import run_trials, seed_block
 
-    task = ds.metadata.get("task") or cfg.data.task
+    task = dataset_task(cfg, ds)
     if not task:
         raise ConfigError("train.eval_every needs a task: the dataset names none (set data.task)")
     t, a = cfg.train, cfg.agent
@@ -303,13 +394,23 @@ def evaluate_now(cfg: Config, graphdef, rng_state, state, ds) -> dict[str, float
 
 
 def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: ChainSampler) -> None:
-    """``data.json``: what the agent learned from the data, and whether the data fits chains."""
+    """``data.json``: what the agent learned from the data, whether the data fits chains, and
+    what evaluation needs without the config's working directory: the dataset's absolute path
+    and its path relative to the run directory, sizes, task and return statistics."""
+    from ringrl.rundir import data_locations, write_text_atomic
+
     N = cfg.agent.num_trajectories
     rngs = (np.random.default_rng([cfg.train.seed, 2**32 - 1, i]) for i in range(200))
     chains = [sampler.sample_chain(rng) for rng in rngs]
     q = np.percentile(ds.returns, [0, 25, 50, 75, 100])
     report = {
         "dataset": str(cfg.data.path),
+        **data_locations(str(cfg.data.path), run_dir, ds.metadata.get("source")),
+        "obs_dim": int(ds.obs_dim),
+        "act_dim": int(ds.act_dim),
+        "task": dataset_task(cfg, ds),
+        "dataset_best_return": float(ds.returns.max()),
+        "dataset_mean_return": float(ds.returns.mean()),
         "episodes": int(ds.num_episodes),
         "steps": int(ds.num_steps),
         "returns": dict(zip(("min", "p25", "median", "p75", "max"), map(float, q), strict=True)),
@@ -329,7 +430,7 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
             f"{10 * N} for chains of {N}: chains will often repeat episodes",
             file=sys.stderr,
         )
-    (run_dir / "data.json").write_text(json.dumps(report, indent=1))
+    write_text_atomic(run_dir / "data.json", json.dumps(report, indent=1))
 
 
 def _progress(enabled: bool, start: int, total: int, name: str):
@@ -371,5 +472,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.host_devices or cfg.train.host_devices:
         set_host_devices(args.host_devices or cfg.train.host_devices)
+    from ringrl.data import DatasetError
+    from ringrl.rundir import RunDirLocked
+
     run_dir = args.run_dir or os.path.join("runs", cfg.name)
-    return train(cfg, run_dir, progress=not args.no_progress)
+    try:
+        return train(cfg, run_dir, progress=not args.no_progress)
+    except (RunDirLocked, DatasetMismatch, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+    return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -104,7 +106,7 @@ def test_collection_prints_a_text_histogram_unless_quiet(tmp_path, capsys):
     printed = capsys.readouterr().out
     bins = [line for line in printed.splitlines() if line.lstrip().startswith("[")]
     assert len(bins) == 10 and sum("#" in line for line in bins) >= 1
-    assert collect(REACHER, "--steps", "100", "--out", str(out), "--quiet") == 0
+    assert collect(REACHER, "--steps", "100", "--out", str(out), "--quiet", "--force") == 0
     assert "histogram" not in capsys.readouterr().out
 
 
@@ -232,3 +234,124 @@ def test_crash_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         collect(CARTPOLE, "--steps", "100", "--out", str(tmp_path / "x.hdf5"), "--quiet")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- collection that never loses data ------------------------------------------------------
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Collection work (making an environment) fails the test: arguments are checked first."""
+    import agents.collect.cli as cli
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(cli, "make_env", forbidden)
+    monkeypatch.setattr(cli, "rollout", forbidden)
+
+
+def test_collect_refuses_to_overwrite_an_existing_output(tmp_path, capsys):
+    out = tmp_path / "x.hdf5"
+    assert collect(REACHER, "--steps", "50", "--out", str(out), "--quiet") == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert collect(REACHER, "--steps", "50", "--seed", "1", "--out", str(out), "--quiet") == 2
+    line = one_error_line(capsys)
+    assert str(out) in line and "--force" in line
+    assert out.read_bytes() == before
+
+
+def test_collect_force_replaces_an_existing_output(tmp_path):
+    out = tmp_path / "x.hdf5"
+    assert collect(REACHER, "--steps", "50", "--out", str(out), "--quiet") == 0
+    first = read_h5(out)["actions"]
+    assert (
+        collect(REACHER, "--steps", "50", "--seed", "1", "--out", str(out), "--quiet", "--force")
+        == 0
+    )
+    assert not np.array_equal(read_h5(out)["actions"], first)
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-5"], "--steps"),
+        (["--learning-starts", "-1"], "--learning-starts"),
+        (["--rollout-steps", "0"], "--rollout-steps"),
+        (["--hidden", "32", "0"], "--hidden"),
+        (["--relabel", "walker-stand,nosuch-task"], "nosuch-task"),
+        (["--relabel", "cheetah-run"], "cheetah-run"),
+    ],
+)
+def test_collect_rejects_a_bad_option_before_any_work(args, option, tmp_path, no_work, capsys):
+    out = tmp_path / "x.hdf5"
+    assert collect(WALKER, "--steps", "100", *args, "--out", str(out)) == 2
+    assert option in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_collect_rejects_an_unknown_task_before_any_work(tmp_path, no_work, capsys):
+    assert collect("Nosuch-v9", "--steps", "10", "--out", str(tmp_path / "x.hdf5")) == 2
+    assert "unknown task 'Nosuch-v9'" in one_error_line(capsys)
+
+
+def test_collect_rejects_an_output_directory_that_cannot_be_made(tmp_path, no_work, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "sub" / "x.hdf5"
+    assert collect(REACHER, "--steps", "10", "--out", str(out)) == 2
+    assert f"--out {out}: cannot create its directory" in one_error_line(capsys)
+
+
+def test_learning_starts_beyond_the_steps_passes_the_checks(tmp_path):
+    import argparse
+
+    from agents.collect.cli import add_arguments, validate
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out = tmp_path / "x.hdf5"
+    args = parser.parse_args(
+        [REACHER, "--policy", "sac", "--steps", "50", "--learning-starts", "100", "--out", str(out)]
+    )
+    assert validate(args) == (REACHER, [], [out])
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_files_of_a_killed_run_are_removed_by_the_next(tmp_path, capsys):
+    out = tmp_path / "x.hdf5"
+    pid = dead_pid()
+    stale_dataset = tmp_path / f".x.hdf5.{pid}.tmp"  # the HDF5 file's temporary directory
+    stale_dataset.mkdir()
+    (stale_dataset / ".x.hdf5.k3j2_1ab.tmp").write_bytes(b"half an HDF5 file")
+    stale_summary = tmp_path / f".x.hdf5.summary.json.{pid}.tmp"
+    stale_plot = tmp_path / f".x.hdf5.returns.png.{pid}.tmp.png"
+    live = tmp_path / f".x.hdf5.{os.getppid()}.tmp"  # a live process's: kept
+    other = tmp_path / f".y.hdf5.{pid}.tmp"  # another output's: kept
+    for path in (stale_summary, stale_plot, live, other):
+        path.write_text("partial")
+    assert collect(REACHER, "--steps", "50", "--out", str(out), "--quiet") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, f"{out.name}.summary.json", f"{out.name}.returns.png", live.name, other.name]
+    )
+    assert str(stale_dataset) in capsys.readouterr().err
+
+
+def test_dataset_and_its_siblings_share_one_file_mode(tmp_path):
+    out = tmp_path / "x.hdf5"
+    assert collect(REACHER, "--steps", "50", "--out", str(out), "--quiet") == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out, Path(f"{out}.summary.json"), Path(f"{out}.returns.png")):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path

@@ -1,10 +1,14 @@
-"""``ringrl train``: run directory contents, resume after SIGKILL, non-finite loss handling.
+"""``ringrl train``: run directory contents, resume after SIGKILL, non-finite loss handling, the
+run directory's lock, resume only on a matching config, a relocatable run directory, dataset
+sizes checked against the task's environment.
 
 Training runs in subprocesses (like a user's) sharing a persistent compilation cache, so only
 the first one pays for compiling the tiny model.
 """
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,29 +21,38 @@ import pytest
 import yaml
 
 from ringrl.checkpoint import Checkpointer
+from ringrl.config import ConfigError, load_config
 from ringrl.data import Episode, EpisodeDataset
 from ringrl.metrics import read_metrics
+from ringrl.rundir import DatasetNotFound, RunDirLock
+from ringrl.train import DatasetMismatch, check_task_spaces
 
 STEPS = 24
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
+def tiny_dataset(path, obs_dim=3, act_dim=2, **metadata):
     rng = np.random.default_rng(0)
     episodes = []
     for _ in range(12):
         T = 16
         episodes.append(
             Episode(
-                observations=rng.normal(size=(T, 3)).astype(np.float32),
-                actions=rng.uniform(-1, 1, (T, 2)).astype(np.float32),
+                observations=rng.normal(size=(T, obs_dim)).astype(np.float32),
+                actions=rng.uniform(-1, 1, (T, act_dim)).astype(np.float32),
                 rewards=rng.random(T).astype(np.float32),
                 terminals=np.zeros(T, bool),
                 timeouts=np.arange(T) == T - 1,
             )
         )
-    EpisodeDataset.from_episodes(episodes).save_d4rl(root / "tiny.hdf5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    EpisodeDataset.from_episodes(episodes, metadata=metadata).save_d4rl(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    tiny_dataset(root / "tiny.hdf5")
     config = {
         "name": "tiny",
         "model": {"num_layers": 1, "d_model": 32, "num_heads": 4, "num_kv_heads": 2,
@@ -72,11 +85,19 @@ def env(root):
     }
 
 
-def train(root, run_dir, *overrides):
+def train(root, run_dir, *overrides, cwd=None):
     return subprocess.run(
         command(root, run_dir, *overrides), env=env(root), capture_output=True, text=True,
-        timeout=900,
+        timeout=900, cwd=cwd,
     )  # fmt: skip
+
+
+def snapshot(directory):
+    """Every file under ``directory`` with its size and modification time."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in Path(directory).rglob("*")
+    }
 
 
 def final_params(run_dir):
@@ -162,3 +183,162 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(work
 def test_a_bad_override_is_a_config_error_naming_the_key(workdir, tmp_path):
     out = train(workdir, tmp_path / "bad", "train.stepz=3")
     assert out.returncode == 2 and "train.stepz" in out.stderr
+
+
+@pytest.mark.parametrize("key", ["train.log_every", "train.batch_size", "train.ckpt_every"])
+def test_a_zero_interval_or_batch_size_is_a_config_error_naming_the_key(key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"{key}=0"])
+
+
+# ---- the lock ------------------------------------------------------------------------------
+
+
+def test_a_second_trainer_on_a_locked_run_dir_stops_with_one_line_naming_the_holder(
+    workdir, tmp_path
+):
+    run_dir = tmp_path / "busy"
+    run_dir.mkdir()
+    with RunDirLock(run_dir):  # this process is "the trainer"
+        out = train(workdir, run_dir)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"pid {os.getpid()} on " in lines[0] and "started 20" in lines[0]
+    assert not (run_dir / "config.yaml").exists()
+
+
+# ---- resume only on a matching config ------------------------------------------------------
+
+
+def test_a_run_dir_of_another_config_is_refused_before_anything_is_written(workdir, reference):
+    before = snapshot(reference)
+    out = train(workdir, reference, "model.d_model=64", "optim.lr=0.002", "train.log_every=3")
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "model.d_model: 32 -> 64" in line and "optim.lr: 0.001 -> 0.002" in line
+    assert "train.log_every" not in line  # may change on resume
+    assert snapshot(reference) == before
+
+
+def test_fewer_steps_than_saved_is_refused(workdir, reference):
+    out = train(workdir, reference, f"train.steps={STEPS // 2}")
+    assert out.returncode == 2
+    assert f"train.steps: {STEPS} -> {STEPS // 2} (may only grow)" in out.stderr
+
+
+def test_a_run_resumes_with_more_steps_and_other_logging_and_checkpointing(
+    workdir, reference, tmp_path
+):
+    run_dir = tmp_path / "shorter"  # the reference as if it had been a 20-step run
+    shutil.copytree(reference, run_dir)
+    shutil.rmtree(run_dir / "checkpoints" / str(STEPS))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    saved["train"].update(steps=20, log_every=5, ckpt_every=10, keep_checkpoints=1)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    out = train(workdir, run_dir, "train.ckpt_every=2")  # steps 20 -> 24
+    assert out.returncode == 0, out.stderr
+    assert "(step 20)" in out.stderr
+    assert final_params(run_dir)[0] == STEPS
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["train"]["steps"] == STEPS and saved["train"]["ckpt_every"] == 2
+
+
+# ---- a self-contained, relocatable run directory -------------------------------------------
+
+
+def test_data_json_stores_what_evaluation_needs(reference, workdir):
+    data = json.loads((reference / "data.json").read_text())
+    assert data["dataset_abs"] == str(workdir / "tiny.hdf5")
+    assert (reference / data["dataset_rel_to_run"]).resolve() == workdir / "tiny.hdf5"
+    assert (data["obs_dim"], data["act_dim"], data["task"]) == (3, 2, None)
+    assert data["dataset_best_return"] == data["returns"]["max"]
+    assert data["dataset_mean_return"] > data["returns"]["min"]
+
+
+@pytest.fixture(scope="module")
+def moved(workdir):
+    """A run trained from ``home/`` with the relative dataset path ``data/tiny.hdf5``, then
+    ``home/`` moved away: neither the config's path nor the stored absolute one exists."""
+    home = workdir / "home"
+    tiny_dataset(home / "data" / "tiny.hdf5")
+    out = train(workdir, "runs/relative", "data.path=data/tiny.hdf5", cwd=home)
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load((home / "runs/relative/config.yaml").read_text())["data"]["path"] == (
+        "data/tiny.hdf5"
+    )
+    (workdir / "elsewhere").mkdir()
+    return Path(shutil.move(home, workdir / "elsewhere" / "moved"))
+
+
+def test_a_moved_run_dir_loads_from_another_working_directory(moved, tmp_path, monkeypatch):
+    from ringrl.evaluate import load_agent
+
+    monkeypatch.chdir(tmp_path)
+    agent, cfg, ds, step = load_agent(moved / "runs" / "relative")
+    assert step == STEPS and (ds.obs_dim, ds.act_dim) == (3, 2)
+    assert Path(cfg.data.path).resolve() == moved / "data" / "tiny.hdf5"
+    _, saved = final_params(moved / "runs" / "relative")
+    trained = saved["0"]["action_head"]["kernel"]  # state: (agent, optimizer)
+    np.testing.assert_array_equal(np.asarray(agent.action_head.kernel[...]), trained)
+
+
+def test_a_run_whose_dataset_is_gone_names_every_path_tried(moved, tmp_path, monkeypatch):
+    from ringrl.evaluate import load_agent
+
+    alone = tmp_path / "alone"
+    shutil.copytree(moved / "runs" / "relative", alone)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFound) as e:
+        load_agent(alone)
+    msg = str(e.value)
+    assert "\n" not in msg and "--data" in msg
+    for tried in ("data/tiny.hdf5", str(alone / "data/tiny.hdf5"), str(alone / "../../data")):
+        assert tried in msg
+
+
+# ---- dataset sizes against the task's environment ------------------------------------------
+
+
+def test_a_dataset_that_does_not_fit_its_task_stops_before_training(workdir, tmp_path):
+    data = tiny_dataset(tmp_path / "pendulum.hdf5", obs_dim=3, act_dim=2, task="Pendulum-v1")
+    run_dir = tmp_path / "misfit"
+    out = train(workdir, run_dir, f"data.path={data}")
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert str(data) in line and "'Pendulum-v1'" in line
+    assert "dataset observations (3,), actions (2,)" in line
+    assert "environment observations (3,), actions (1,)" in line
+    assert not (run_dir / "config.yaml").exists()
+
+
+def in_memory(obs_dim, act_dim, **metadata):
+    ep = Episode(
+        observations=np.zeros((4, obs_dim), np.float32),
+        actions=np.zeros((4, act_dim), np.float32),
+        rewards=np.zeros(4, np.float32),
+        terminals=np.zeros(4, bool),
+        timeouts=np.arange(4) == 3,
+    )
+    return EpisodeDataset.from_episodes([ep], metadata=metadata)
+
+
+def test_a_dataset_that_fits_its_task_passes_the_check():
+    check_task_spaces(load_config(), in_memory(3, 1, task="Pendulum-v1"))
+
+
+def test_continuous_actions_for_a_discrete_task_do_not_fit():
+    with pytest.raises(DatasetMismatch, match=r"actions discrete\(2\)"):
+        check_task_spaces(load_config(), in_memory(4, 1, task="CartPole-v1"))
+
+
+def test_a_task_that_cannot_be_made_is_a_warning_for_training_alone(capsys):
+    check_task_spaces(load_config(), in_memory(3, 1, task="NoSuchTask-v0"))
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: ") and "'NoSuchTask-v0' cannot be made" in line
+
+
+def test_a_task_that_cannot_be_made_is_an_error_when_training_evaluates():
+    cfg = load_config(None, ["train.eval_every=10"])
+    with pytest.raises(DatasetMismatch, match="NoSuchTask-v0.*train.eval_every needs it"):
+        check_task_spaces(cfg, in_memory(3, 1, task="NoSuchTask-v0"))

@@ -21,12 +21,18 @@ dm_control tasks save the physics states; rewards are those of TASK, or with ``-
 (any policy) one file per listed task of the domain, ``<out stem>-<task><suffix>``, whose rewards
 are relabelled from the physics states (``envs.relabel_rewards``); ``<out>`` itself is not
 written then.
+
+Nothing is lost: an existing output is never replaced without ``--force`` (and with it, only
+once the new file is complete), every option is checked before any work (exit code 2 and one
+line naming the option), and the hidden temporary files of a killed run are removed by the next
+run for the same output.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,23 +47,54 @@ from agents.collect.common import (
     rollout,
     short_task,
 )
+from ringrl.cli import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", help="gymnasium id, e.g. HalfCheetah-v5, dm_control/walker-run-v0")
-    parser.add_argument("--policy", choices=["random", "sac", "explore"], default="random")
-    parser.add_argument("--steps", type=int, default=100_000, help="environment steps")
-    parser.add_argument("--out", required=True, help="output HDF5 path")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "task",
+        help="gymnasium id (HalfCheetah-v5, dm_control/walker-run-v0), ExoRL name (walker_run) "
+        "or dm_control short name (walker-run)",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=["random", "sac", "explore"],
+        default="random",
+        help="behaviour: uniform random actions, Soft Actor-Critic, or RND exploration",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=100_000, help="environment steps to collect (or learn for)"
+    )
+    parser.add_argument("--out", required=True, help="output HDF5 path (D4RL layout)")
+    parser.add_argument(
+        "--force", action="store_true", help="replace --out (and --relabel outputs) if they exist"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="environment and policy seed")
     g = parser.add_argument_group("sac / explore")
-    g.add_argument("--split", choices=["replay", "medium", "expert"], default="replay")
-    g.add_argument("--sac-snapshots", default=None, help="snapshot dir (default <out>.sac/)")
-    g.add_argument("--rollout-steps", type=int, default=None, help="medium/expert size")
-    g.add_argument("--medium-fraction", type=float, default=1 / 3)
-    g.add_argument("--learning-starts", type=int, default=5_000)
-    g.add_argument("--eval-every", type=int, default=10_000)
-    g.add_argument("--eval-episodes", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument(
+        "--split",
+        choices=["replay", "medium", "expert"],
+        default="replay",
+        help="sac: every transition seen while learning, or rollouts of a saved snapshot",
+    )
+    g.add_argument("--sac-snapshots", default=None, help="snapshot directory (default: <out>.sac/)")
+    g.add_argument(
+        "--rollout-steps", type=int, default=None, help="medium/expert size (default: --steps)"
+    )
+    g.add_argument(
+        "--medium-fraction",
+        type=float,
+        default=1 / 3,
+        help="medium: the snapshot whose return is closest to this fraction of the best's",
+    )
+    g.add_argument(
+        "--learning-starts", type=int, default=5_000, help="uniform-random warm-up steps"
+    )
+    g.add_argument(
+        "--eval-every", type=int, default=10_000, help="environment steps between evaluations"
+    )
+    g.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    g.add_argument("--batch-size", type=int, default=256, help="SAC minibatch size")
     g.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP widths")
     g.add_argument("--intrinsic", choices=["rnd"], default="rnd", help="exploration bonus")
     parser.add_argument(
@@ -65,7 +102,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="dm_control: comma-separated tasks of the domain; writes one file per task",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no histogram")
+
+
+# --------------------------------------------------------------------------------------------
+def _resolve_task(name: str, what: str) -> str:
+    """The gymnasium id of ``name``, or a UsageError naming it and the known tasks."""
+    import envs
+
+    try:
+        return normalize_task(name)
+    except ValueError:
+        raise UsageError(
+            f"{what}: unknown task {name!r} (expected a gymnasium id, an ExoRL name such as "
+            f"walker_run or a dm_control name such as walker-run); project tasks: "
+            f"{', '.join(envs.list_tasks())}"
+        ) from None
+
+
+def _domain(task: str) -> str:
+    return short_task(task).split("-")[0]
+
+
+def validate(args: argparse.Namespace) -> tuple[str, list[str], list[Path]]:
+    """Check every argument before any work: ``(task id, relabel task ids, dataset paths to
+    write)``; raises :class:`~ringrl.cli.UsageError` naming the first bad option."""
+    positive = {
+        "--steps": args.steps,
+        "--rollout-steps": args.rollout_steps,
+        "--eval-every": args.eval_every,
+        "--eval-episodes": args.eval_episodes,
+        "--batch-size": args.batch_size,
+    }
+    for option, value in positive.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{option}: expected an integer >= 1, got {value}")
+    if args.learning_starts < 0:
+        raise UsageError(f"--learning-starts: expected an integer >= 0, got {args.learning_starts}")
+    if any(h < 1 for h in args.hidden):
+        raise UsageError(f"--hidden: expected widths >= 1, got {' '.join(map(str, args.hidden))}")
+    if not 0 <= args.medium_fraction <= 1:
+        raise UsageError(
+            f"--medium-fraction: expected a number in [0, 1], got {args.medium_fraction}"
+        )
+
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a directory (expected the path of an HDF5 file)")
+    if args.sac_snapshots and Path(args.sac_snapshots).is_file():
+        raise UsageError(f"--sac-snapshots {args.sac_snapshots}: is a file (expected a directory)")
+
+    task = _resolve_task(args.task, "TASK")
+    dmc = is_dm_control(task)
+    if args.policy == "explore" and not dmc:
+        raise UsageError(f"--policy explore: needs a dm_control task (physics states), got {task}")
+    relabel: list[str] = []
+    if args.relabel is not None:
+        if not dmc:
+            raise UsageError(f"--relabel: needs a dm_control task (physics states), got {task}")
+        names = [t.strip() for t in args.relabel.split(",") if t.strip()]
+        if not names:
+            raise UsageError(f"--relabel: expected comma-separated tasks, got {args.relabel!r}")
+        for name in names:
+            t = _resolve_task(name, "--relabel")
+            if not is_dm_control(t) or _domain(t) != _domain(task):
+                raise UsageError(
+                    f"--relabel: {name!r} is not a task of the {_domain(task)} domain of {task} "
+                    f"(its physics states cannot be relabelled for {t})"
+                )
+            relabel.append(t)
+
+    paths = [_relabel_path(out, t) for t in relabel] if relabel else [out]
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"{path}: is a directory (expected the path of an HDF5 file)")
+        if path.exists() and not args.force:
+            raise UsageError(f"{path}: already exists; pass --force to replace it")
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"--out {out}: cannot create its directory {parent}: {e.strerror}"
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: directory {parent} is not writable")
+    return task, relabel, paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,9 +238,12 @@ def _sac_config(args: argparse.Namespace, total_steps: int):
 
 
 def run(args: argparse.Namespace) -> int:
-    task = normalize_task(args.task)
+    task, relabel, paths = validate(args)
     out = Path(args.out)
     dmc = is_dm_control(task)
+    for path in {out, *paths}:
+        for stale in output.remove_stale_temp_files(path):
+            print(f"removed {stale} (left by a killed run)", file=sys.stderr)
     meta = {"task": task, "policy": args.policy, "seed": args.seed, "steps": args.steps}
     t0 = time.perf_counter()
 
@@ -141,18 +266,11 @@ def run(args: argparse.Namespace) -> int:
         writes = [(out, task, episodes)]
 
     else:  # explore
-        if not dmc:
-            print("--policy explore needs a dm_control task (physics states)", file=sys.stderr)
-            return 2
         episodes = _run_explore(args, task, out, meta)
         writes = [(out, task, episodes)]
 
-    if args.relabel:
-        if not dmc:
-            print("--relabel needs a dm_control task (physics states)", file=sys.stderr)
-            return 2
-        tasks = [normalize_task(t) for t in args.relabel.split(",")]
-        writes = _relabelled(writes[0][2], tasks, out)
+    if relabel:
+        writes = _relabelled(writes[0][2], relabel, out)
 
     for path, t, eps in writes:
         m = {**meta, "task": t, "wall_s": round(time.perf_counter() - t0, 2)}
@@ -244,15 +362,20 @@ def _relabelled(episodes: list[dict], tasks: list[str], out: Path) -> list:
         for e in episodes:
             r = np.asarray(envs.relabel_rewards(t, e["physics"]), np.float32)
             eps.append({**e, "rewards": r})
-        path = out.with_name(f"{out.stem}-{short_task(t)}{out.suffix}")
-        writes.append((path, t, eps))
+        writes.append((_relabel_path(out, t), t, eps))
     return writes
 
 
+def _relabel_path(out: Path, task: str) -> Path:
+    """``data/x.hdf5`` relabelled for walker-run -> ``data/x-walker-run.hdf5``."""
+    return out.with_name(f"{out.stem}-{short_task(task)}{out.suffix}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ringrl collect")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    """Same as ``ringrl collect ARGS`` (one-line errors, exit code 2)."""
+    from ringrl.cli import main as ringrl_main
+
+    return ringrl_main(["collect", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

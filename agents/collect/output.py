@@ -11,12 +11,21 @@ For an output path ``out`` (e.g. ``data/cartpole-random.hdf5``):
 The return histogram and the warm-up counts are also stored in the HDF5 file's ``metadata/``
 (``return_histogram`` as JSON text ``{"edges": [...], "counts": [...]}``).
 - ``out.curve.json/.png``   SAC / exploration learning curve (eval return vs env steps).
+
+Every file is first written under a hidden temporary name in the same directory that carries
+the writer's pid, ``.<name>.<pid>.tmp`` (``.<name>.<pid>.tmp.png`` for plots; a directory of
+that name for the HDF5 file), then renamed. A run that is killed leaves that temporary behind;
+:func:`remove_stale_temp_files` (called by the next ``ringrl collect`` for the same output)
+removes those whose process is gone. All files get one permission policy: ``0o666`` less the
+umask (``0o644`` with the usual umask 022), the HDF5 file included.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +39,103 @@ def sibling(out: str | Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
+SIBLING_SUFFIXES = (".summary.json", ".returns.png", ".curve.json", ".curve.png")
+"""The files written beside a collection's dataset ``out``: ``out`` + suffix."""
+
+
+def temp_path(path: str | Path, suffix: str = "") -> Path:
+    """The hidden temporary name of ``path`` for this process: ``.<name>.<pid>.tmp<suffix>``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temp_files(out: str | Path) -> list[Path]:
+    """Remove the temporary files (see :func:`temp_path`) of ``out`` and of its siblings
+    (:data:`SIBLING_SUFFIXES`) whose writing process is no longer running; returns them.
+
+    A killed ``ringrl collect`` leaves its temporaries behind; those of a live process (another
+    collection writing the same output right now) are kept.
+    """
+    out = Path(out)
+    removed = []
+    for target in (out, *(sibling(out, s) for s in SIBLING_SUFFIXES)):
+        pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.tmp(\.png)?")
+        if not target.parent.is_dir():
+            continue
+        for path in target.parent.iterdir():
+            match = pattern.fullmatch(path.name)
+            if match is None or _process_alive(int(match[1])):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def file_mode() -> int:
+    """The mode of every file a collection writes: ``0o666`` less the process's umask."""
+    umask = None
+    try:
+        with open("/proc/self/status") as f:
+            umask = next((int(line.split()[1], 8) for line in f if line.startswith("Umask:")), None)
+    except OSError:
+        pass
+    if umask is None:
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give the finished temporary ``tmp`` the file mode, then rename it to ``path``."""
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, path)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        _publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    tmp = temp_path(path, ".png")
+    try:
+        fig.savefig(tmp)
+        _publish(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_dataset(ds: Any, out: Path) -> None:
+    """``ds.save_d4rl`` into a pid-named temporary directory beside ``out``, then renamed: a
+    killed run's leftovers carry its pid (save_d4rl's own temporary name does not)."""
+    tmp_dir = temp_path(out)
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # a dead process's, whose pid this one reuses
+    tmp_dir.mkdir()
+    try:
+        tmp = tmp_dir / out.name
+        ds.save_d4rl(tmp)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def to_dataset(episodes: Sequence[dict], metadata: dict | None = None) -> Any:
@@ -140,10 +242,10 @@ def plot_returns(returns: Sequence[float], path: Path, title: str) -> None:
     ax.set_ylabel("episodes")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        _save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def plot_curve(curve: Sequence[dict], path: Path, title: str) -> None:
@@ -163,10 +265,10 @@ def plot_curve(curve: Sequence[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        _save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def write_curve(
@@ -200,7 +302,7 @@ def write_collection(
     summary = summarize(episodes, warmup_steps)
     h5_meta = {**metadata, **{k: summary[k] for k in DATASET_SUMMARY_KEYS}}
     ds = to_dataset(episodes, metadata={k: _h5able(v) for k, v in h5_meta.items()})
-    ds.save_d4rl(out)
+    _save_dataset(ds, out)
     _atomic_write_text(
         sibling(out, ".summary.json"),
         json.dumps({"path": str(out), **metadata, **summary}, indent=1, default=str),

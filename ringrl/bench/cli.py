@@ -6,7 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import importlib
+import sys
+from collections.abc import Iterator
 
 BENCHES = {
     "attention": ("ringrl.bench.attention", "attention paths: time, FLOP/s, memory, error, peer"),
@@ -17,6 +21,8 @@ BENCHES = {
     "eval": ("ringrl.bench.eval_throughput", "rollout throughput with and without KV cache"),
 }
 
+USAGE = "usage: ringrl bench NAME [ARGS]"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("bench", choices=sorted(BENCHES), help="which benchmark")
@@ -24,15 +30,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(BENCHES[args.bench][0])
-    return int(module.main(args.bench_args) or 0)
+    return _run(args.bench, args.bench_args)
+
+
+def listing() -> str:
+    lines = [f"  {name:10s} {help_text}" for name, (_, help_text) in BENCHES.items()]
+    return (
+        f"{USAGE}\n\nbenchmarks:\n" + "\n".join(lines) + "\n\n"
+        "ringrl bench NAME --help shows a benchmark's options"
+    )
+
+
+@contextlib.contextmanager
+def default_prog(prog: str) -> Iterator[None]:
+    """While active, the first ``argparse.ArgumentParser`` made without a ``prog`` gets
+    ``prog`` (each benchmark builds its own parser, whose usage line would otherwise start with
+    the script's name, ``ringrl``, instead of ``ringrl bench NAME``)."""
+    original = argparse.ArgumentParser.__init__
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        if not args and kwargs.get("prog") is None:
+            kwargs["prog"] = prog
+            argparse.ArgumentParser.__init__ = original  # only the benchmark's own parser
+        original(self, *args, **kwargs)
+
+    argparse.ArgumentParser.__init__ = init
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.__init__ = original
+
+
+def _run(name: str, argv: list[str]) -> int:
+    module = importlib.import_module(BENCHES[name][0])
+    with default_prog(f"ringrl bench {name}"):
+        try:
+            result = module.main(argv)
+        except SystemExit as e:  # the benchmark's --help or argument errors
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    return result if isinstance(result, int) else 0  # some return their results
 
 
 def main(argv: list[str]) -> int:
     """Dispatch ``NAME ARGS...`` without parsing ARGS (each benchmark parses its own)."""
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHES:
-        lines = [f"  {name:10s} {help_text}" for name, (_, help_text) in BENCHES.items()]
-        print("usage: ringrl bench NAME [ARGS]\n\nbenchmarks:\n" + "\n".join(lines))
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(BENCHES[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    if argv and argv[0] in ("-h", "--help"):
+        print(listing())
+        return 0
+    if not argv:
+        print(listing(), file=sys.stderr)
+        return 2
+    if argv[0] not in BENCHES:
+        print(f"error: unknown benchmark {argv[0]!r}; known: {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    return _run(argv[0], argv[1:])
