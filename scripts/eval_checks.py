@@ -2,7 +2,11 @@
 
     python scripts/eval_checks.py RUN_DIR --out docs/results/eval_checks.json [--trials 10]
 
-1. KV cache against full recompute, K = 2N and 3N episodes (the largest return difference);
+1. KV cache against full recompute, K = 2N and 3N episodes: free-running returns (on a chaotic
+   1000-step task float rounding alone makes trajectories drift apart), and *paired*: one
+   trial driven by the cache policy while the recompute policy sees the same history and
+   proposes its action at every step -- the largest action difference over the trial says
+   whether both build the same context;
 2. the evaluation context's order: ``sorted`` by return (as training) against ``played``, on the
    same reset seeds (paired), with bootstrap intervals of the final and mean returns over trials
    and of their paired difference.
@@ -18,8 +22,53 @@ from pathlib import Path
 
 import numpy as np
 
-from ringrl.evaluate import evaluate
+from ringrl.evaluate import RecomputePolicy, evaluate, load_agent, make_policy, rollout
 from ringrl.stats import describe, interval
+
+
+class PairedPolicy:
+    """Acts with ``lead`` (the KV cache); ``follow`` (recompute) sees the same history."""
+
+    def __init__(self, lead, follow):
+        self.lead, self.follow, self.worst = lead, follow, 0.0
+
+    def start_trial(self, rows):
+        self.lead.start_trial(rows)
+        self.follow.start_trial(rows)
+
+    def act(self, obs, active):
+        a, b = self.lead.act(obs, active), self.follow.act(obs, active)
+        self.worst = max(self.worst, float(np.abs(a - b)[active].max()))
+        return a
+
+    def record(self, act, rew, done, active):
+        self.lead.record(act, rew, done, active)
+        self.follow.record(act, rew, done, active)
+
+
+def paired(run: str, episodes: int, order: str = "sorted") -> dict:
+    """Largest action difference, cache against recompute, on one trial's shared history."""
+    import envs
+
+    agent, cfg, ds, _ = load_agent(run)
+    task = ds.metadata.get("task") or cfg.data.task
+    max_steps = int(envs.max_episode_steps(task))
+    target = float(ds.returns.max())
+    lead, _ = make_policy(agent, 1, target, max_steps, decode="cache", seq_shards=1, order=order)
+    agent2, *_ = load_agent(run)
+    follow, _ = make_policy(
+        agent2, 1, target, max_steps, decode="recompute", seq_shards=1, order=order
+    )
+    assert isinstance(follow, RecomputePolicy)
+    policy = PairedPolicy(lead, follow)
+    returns, steps = rollout(task, policy, trials=1, episodes=episodes, num_envs=1, seed=7)
+    return {
+        "episodes": episodes,
+        "steps": steps,
+        "max_abs_action_difference": policy.worst,
+        "returns": returns.tolist(),
+        "prefills": lead.prefills,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,19 +78,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=10, help="trials for the order ablation")
     p.add_argument("--cache-trials", type=int, default=2, help="trials for cache vs recompute")
     p.add_argument("--envs", type=int, default=5)
+    p.add_argument("--paired-only", action="store_true", help="only the paired action check")
     args = p.parse_args(argv)
+    n = json.loads((Path(args.run) / "data.json").read_text())["episodes_per_chain"]
+    report_paired = []
+    for k in (2 * n, 3 * n):
+        r = paired(args.run, k)
+        report_paired.append(r)
+        print(
+            f"K = {k}: paired cache vs recompute, largest action difference "
+            f"{r['max_abs_action_difference']:.2e} over {r['steps']} steps",
+            flush=True,
+        )
+    if args.paired_only:
+        Path(args.out).write_text(json.dumps({"run": args.run, "paired": report_paired}, indent=1))
+        return 0
     tmp = Path(tempfile.mkdtemp())
     n = json.loads((Path(args.run) / "data.json").read_text())["episodes_per_chain"]
-    report: dict = {"run": str(args.run), "N": n, "cache_vs_recompute": [], "order": {}}
+    report: dict = {"run": str(args.run), "N": n, "paired": report_paired}
+    report.update(cache_vs_recompute=[], order={})
     for k in (2 * n, 3 * n):
         kw = dict(trials=args.cache_trials, num_envs=args.envs, episodes=k, with_baselines=False)
         c = evaluate(args.run, decode="cache", out_dir=tmp / f"c{k}", **kw)
         r = evaluate(args.run, decode="recompute", out_dir=tmp / f"r{k}", **kw)
         diff = float(np.abs(np.asarray(c["returns"]) - np.asarray(r["returns"])).max())
         report["cache_vs_recompute"].append(
-            {"episodes": k, "max_abs_return_difference": diff, "cache": c["returns"],
-             "recompute": r["returns"]}
-        )  # fmt: skip
+            {
+                "episodes": k,
+                "max_abs_return_difference": diff,
+                "cache": c["returns"],
+                "recompute": r["returns"],
+            }
+        )
         print(f"K = {k}: cache vs recompute, largest return difference {diff:.2e}", flush=True)
     kw = dict(trials=args.trials, num_envs=args.envs, episodes=2 * n, with_baselines=False)
     runs = {o: evaluate(args.run, order=o, out_dir=tmp / o, **kw) for o in ("sorted", "played")}
