@@ -9,7 +9,11 @@ Public API:
 * :func:`relabel_rewards` ``(task, physics_states, actions=None) -> np.ndarray[T]``;
 * :func:`max_episode_steps`, :func:`is_dm_control`, :func:`exorl_task`, :func:`resolve`,
   :func:`list_tasks`, :data:`TASKS`, :data:`EXORL_TASKS`, :data:`MUJOCO_TASKS`,
-  :data:`CUSTOM_TASKS`.
+  :data:`CUSTOM_TASKS`;
+* task families for in-context RL (:mod:`envs.families`): :data:`TASK_FAMILIES`
+  (``ringrl/bandit-v0``, ``ringrl/darkroom-v0``, ``ringrl/darkroom_hard-v0``),
+  :func:`is_task_family`; ``env.reset(options={"task_id": i})`` selects an instance and
+  ``env.unwrapped.num_tasks`` counts them.
 """
 
 import warnings
@@ -22,9 +26,11 @@ from envs.registry import (  # noqa: E402
     CUSTOM_TASKS,
     EXORL_TASKS,
     MUJOCO_TASKS,
+    TASK_FAMILIES,
     TASKS,
     exorl_task,
     is_dm_control,
+    is_task_family,
     list_tasks,
     make,
     max_episode_steps,
@@ -40,8 +46,10 @@ __all__ = [
     "EXORL_TASKS",
     "MUJOCO_TASKS",
     "TASKS",
+    "TASK_FAMILIES",
     "exorl_task",
     "is_dm_control",
+    "is_task_family",
     "list_tasks",
     "make",
     "max_episode_steps",

@@ -79,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-trials", type=int, default=2, help="trials for cache vs recompute")
     p.add_argument("--envs", type=int, default=5)
     p.add_argument("--paired-only", action="store_true", help="only the paired action check")
+    p.add_argument("--multiples", default="2,3", help="K = these multiples of N (default 2,3)")
+    p.add_argument("--no-free", action="store_true", help="skip the free-running comparison")
     args = p.parse_args(argv)
     n = json.loads((Path(args.run) / "data.json").read_text())["episodes_per_chain"]
+    ks = [int(m) * n for m in args.multiples.split(",")]
     report_paired = []
-    for k in (2 * n, 3 * n):
+    for k in ks:
         r = paired(args.run, k)
         report_paired.append(r)
         print(
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     n = json.loads((Path(args.run) / "data.json").read_text())["episodes_per_chain"]
     report: dict = {"run": str(args.run), "N": n, "paired": report_paired}
     report.update(cache_vs_recompute=[], order={})
-    for k in (2 * n, 3 * n):
+    for k in [] if args.no_free else ks:
         kw = dict(trials=args.cache_trials, num_envs=args.envs, episodes=k, with_baselines=False)
         c = evaluate(args.run, decode="cache", out_dir=tmp / f"c{k}", **kw)
         r = evaluate(args.run, decode="recompute", out_dir=tmp / f"r{k}", **kw)

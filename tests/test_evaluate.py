@@ -18,9 +18,19 @@ def runs(tmp_path_factory):
     data = collect(TINY, root)
     train_run(at_overrides(TINY, data, 50), root / "at", "at")
     four = [*at_overrides(TINY, data, 50), "agent.tokens_per_step=4", "name=at4"]
+    four += ["train.eval_every=3", "train.eval_trials=1", "train.eval_episodes=2"]
     train_run(four, root / "at4", "at4")
     train_run(dt_overrides(TINY, data, 50), root / "dt", "dt")
     return root
+
+
+def test_training_evaluates_into_metrics_and_a_plot(runs):
+    from ringrl.metrics import read_metrics
+
+    rows = [r for r in read_metrics(runs / "at4" / "metrics.jsonl") if "eval_final_return" in r]
+    assert [r["step"] for r in rows] == [3]
+    assert rows[0]["eval_final_return"] < 0  # Reacher: negative rewards, a real rollout
+    assert (runs / "at4" / "eval_during_training.png").stat().st_size > 1000
 
 
 def test_rollout_fixed_quota_and_seeded():

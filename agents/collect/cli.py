@@ -1,4 +1,4 @@
-"""``ringrl collect TASK --policy random|sac|explore --steps N --out PATH [--seed S]``.
+"""``ringrl collect TASK --policy random|sac|explore|history --steps N --out PATH [--seed S]``.
 
 Writes a D4RL-layout HDF5 dataset (dm_control tasks: plus ``infos/physics``), atomically, with a
 progress bar, a printed summary and text histogram of returns (not with ``--quiet``),
@@ -16,6 +16,12 @@ into the summary and the dataset's metadata.
   ``--sac-snapshots DIR`` (default ``<out>.sac/``); if DIR already holds snapshots from an
   earlier run, medium/expert reuse them instead of training again.
 - ``explore``: RND intrinsic reward + SAC learner, extrinsic reward ignored (ExoRL recipe).
+- ``history``: learning histories on a task family (``ringrl/bandit-v0``: Thompson sampling,
+  ``--history-episodes`` pulls per instance for ``--tasks`` instances; ``ringrl/darkroom-v0`` /
+  ``ringrl/darkroom_hard-v0``: an explore-then-exploit learner on the goals of the train split;
+  see :mod:`agents.collect.families`). ``--steps`` is not used. Episodes carry
+  ``infos/task_id`` / ``infos/history_id``; the metadata stores ``train_task_ids`` /
+  ``test_task_ids``.
 
 dm_control tasks save the physics states; rewards are those of TASK, or with ``--relabel a,b,c``
 (any policy) one file per listed task of the domain, ``<out stem>-<task><suffix>``, whose rewards
@@ -58,9 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--policy",
-        choices=["random", "sac", "explore"],
+        choices=["random", "sac", "explore", "history"],
         default="random",
-        help="behaviour: uniform random actions, Soft Actor-Critic, or RND exploration",
+        help="behaviour: uniform random actions, Soft Actor-Critic, RND exploration, or "
+        "learning histories on a task family (Thompson sampling / explore-then-exploit)",
     )
     parser.add_argument(
         "--steps", type=int, default=100_000, help="environment steps to collect (or learn for)"
@@ -97,6 +104,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=256, help="SAC minibatch size")
     g.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP widths")
     g.add_argument("--intrinsic", choices=["rnd"], default="rnd", help="exploration bonus")
+    h = parser.add_argument_group("history (task families)")
+    h.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="task instances with a history each (bandit: ids 0..N-1, default 1000; Dark Room: "
+        "the first N goals of the train split, default all)",
+    )
+    h.add_argument(
+        "--history-episodes",
+        type=int,
+        default=None,
+        help="episodes per history (bandit: pulls, default 500; Dark Room: default 100)",
+    )
+    h.add_argument(
+        "--histories-per-task", type=int, default=1, help="Dark Room: histories per goal"
+    )
     parser.add_argument(
         "--relabel",
         default=None,
@@ -133,6 +157,9 @@ def validate(args: argparse.Namespace) -> tuple[str, list[str], list[Path]]:
         "--eval-every": args.eval_every,
         "--eval-episodes": args.eval_episodes,
         "--batch-size": args.batch_size,
+        "--tasks": getattr(args, "tasks", None),
+        "--history-episodes": getattr(args, "history_episodes", None),
+        "--histories-per-task": getattr(args, "histories_per_task", None),
     }
     for option, value in positive.items():
         if value is not None and value < 1:
@@ -156,6 +183,17 @@ def validate(args: argparse.Namespace) -> tuple[str, list[str], list[Path]]:
     dmc = is_dm_control(task)
     if args.policy == "explore" and not dmc:
         raise UsageError(f"--policy explore: needs a dm_control task (physics states), got {task}")
+    if args.policy == "history":
+        from agents.collect import families
+
+        try:
+            families.history_plan(task, args.tasks, args.history_episodes, args.histories_per_task)
+        except ValueError as e:
+            raise UsageError(f"--policy history: {e}") from None
+        if task == families.BANDIT and args.histories_per_task != 1:
+            raise UsageError("--histories-per-task: the bandit collects one history per instance")
+    elif args.policy == "sac" and _is_task_family(task):
+        raise UsageError(f"--policy sac: needs continuous actions; {task} is a task family")
     relabel: list[str] = []
     if args.relabel is not None:
         if not dmc:
@@ -250,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
     if args.policy == "random":
         env = make_env(task, seed=args.seed)
         env.action_space.seed(args.seed)
+        if hasattr(env.action_space, "n"):  # Discrete: the dataset needs the number of actions
+            meta["num_actions"] = int(env.action_space.n)
         with _progress(args.steps, "random", args.quiet) as bar:
             episodes = rollout(
                 env,
@@ -263,6 +303,10 @@ def run(args: argparse.Namespace) -> int:
 
     elif args.policy == "sac":
         episodes = _run_sac(args, task, out, meta)
+        writes = [(out, task, episodes)]
+
+    elif args.policy == "history":
+        episodes = _run_history(args, task, meta)
         writes = [(out, task, episodes)]
 
     else:  # explore
@@ -279,7 +323,47 @@ def run(args: argparse.Namespace) -> int:
         )
         summary = output.write_collection(eps, path, m, title, warmup_steps=_warmup_steps(args))
         _print_summary(path, summary, args.quiet)
+        if args.policy == "history":
+            _print_histories(eps, m)
     return 0
+
+
+def _is_task_family(task: str) -> bool:
+    import envs
+
+    return envs.is_task_family(task)
+
+
+def _run_history(args: argparse.Namespace, task: str, meta: dict) -> list[dict]:
+    from agents.collect import families
+
+    plan = families.history_plan(task, args.tasks, args.history_episodes, args.histories_per_task)
+    with _progress(plan["steps"], "history", args.quiet) as bar:
+        episodes, extra = families.collect_histories(
+            task,
+            args.tasks,
+            args.history_episodes,
+            histories_per_task=args.histories_per_task,
+            seed=args.seed,
+            progress=bar.update,
+        )
+    meta.update(extra)
+    meta["steps"] = plan["steps"]
+    return episodes
+
+
+def _print_histories(episodes: list[dict], meta: dict) -> None:
+    from agents.collect import families
+
+    per = int(meta["episodes_per_history"])
+    window = max(1, min(100 if per >= 200 else 10, per // 2))
+    first, last = families.improvement(episodes, window)
+    tasks = len({int(e["task_id"]) for e in episodes})
+    print(
+        f"{meta['histories']} histories of {per} episodes on {tasks} task ids (split: "
+        f"{len(meta['train_task_ids'])} train / {len(meta['test_task_ids'])} test ids); mean "
+        f"return per episode, first {window}: {first:.3f} -> last {window}: {last:.3f}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,7 +71,8 @@ class EpisodeRecorder:
     ``ringrl.data.Episode``: ``observations, actions, rewards, terminals, timeouts,
     next_observations`` and, with ``record_physics``, ``physics``).
 
-    ``add`` takes one transition; an episode closes on ``terminated`` or ``truncated``.
+    ``add`` takes one transition; an episode closes on ``terminated`` or ``truncated``. Integer
+    actions (a ``Discrete`` action space) are kept as int64 (``actions [T]``), others as float32.
     ``finish()`` closes a trailing partial episode (marked as a timeout: it was cut short).
     """
 
@@ -97,7 +98,10 @@ class EpisodeRecorder:
     ) -> None:
         b = self._buf
         b["obs"].append(np.asarray(obs, np.float32))
-        b["act"].append(np.asarray(action, np.float32))
+        a = np.asarray(action)
+        b["act"].append(
+            a.astype(np.int64) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+        )
         b["rew"].append(float(reward))
         b["term"].append(bool(terminated))
         b["trunc"].append(bool(truncated) and not terminated)

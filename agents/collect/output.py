@@ -312,7 +312,12 @@ def write_collection(
 
 
 def _h5able(v: Any) -> Any:
-    """Metadata values HDF5 attributes/datasets can hold (str, number, bool)."""
+    """Metadata values HDF5 attributes/datasets can hold (str, number, bool; a flat list of
+    numbers, such as a task family's ``train_task_ids``, as a numeric array)."""
     if isinstance(v, (str, int, float, bool, np.number)):
         return v
+    if isinstance(v, (list, tuple)) and all(
+        isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v
+    ):
+        return np.asarray(v)
     return json.dumps(v, default=str)

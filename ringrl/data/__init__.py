@@ -6,6 +6,9 @@ Public API::
 
     ds = load_dataset(path, format="auto", task=None)   # "d4rl" | "exorl" | "minari" | "auto"
     ds.episodes, ds.num_episodes, ds.num_steps, ds.obs_dim, ds.act_dim, ds.returns
+    ds.discrete, ds.num_actions  # integer actions [T]: act_dim is the number of actions
+    ds.task_ids, ds.history_ids  # per-episode ids (infos/task_id, infos/history_id) or None
+    ds.histories()               # episode indices of each learning history, in dataset order
     ds.save_d4rl(path)          # atomic write in D4RL layout
     ds.filter_top(0.1)          # top 10% episodes by return
     ds.summary()                # counts and return statistics

@@ -2,8 +2,20 @@
 
 Required keys: ``observations [N, obs_dim]``, ``actions [N, act_dim]``, ``rewards [N]``,
 ``terminals [N]``, ``timeouts [N]``. Optional: ``next_observations [N, obs_dim]``, ``infos/*``
-(``infos/physics`` or ``infos/qpos`` + ``infos/qvel`` become ``Episode.physics``; the rest is
-ignored) and ``metadata/*`` (scalars, read into ``EpisodeDataset.metadata``).
+(``infos/physics`` or ``infos/qpos`` + ``infos/qvel`` become ``Episode.physics``;
+``infos/task_id`` and ``infos/history_id`` become ``Episode.task_id`` / ``history_id``; the rest
+is ignored) and ``metadata/*`` (scalars, read into ``EpisodeDataset.metadata``).
+
+**Discrete actions**: an integer ``actions`` array (``[N]``, or ``[N, 1]``) holds discrete actions,
+read as int64 ``[T]`` per episode; the file must then give the number of actions as the integer
+scalar dataset ``metadata/num_actions`` (``save_d4rl`` writes it; an attribute ``num_actions`` on
+the ``metadata`` group or the file root is read the same way), else :class:`DatasetError` names
+the file and ``metadata/num_actions``. Every action must lie in ``[0, num_actions)``.
+
+**Multi-task data**: ``infos/task_id`` and ``infos/history_id`` are integer ``[N]`` arrays,
+constant within each episode (else :class:`DatasetError` names the file, the key and the
+episode); each episode takes its value. ``metadata/train_task_ids`` / ``metadata/test_task_ids``
+(a task family's split, written by the collectors) are read in full, whatever their size.
 
 An episode ends at a step whose ``terminals`` or ``timeouts`` is true; the steps after the last
 end form a final episode whose ``truncated`` property is True (its last ``timeouts`` stays False,
@@ -37,6 +49,10 @@ from ringrl.data.episode import DatasetError, Episode, EpisodeDataset
 REQUIRED = ("observations", "actions", "rewards", "terminals", "timeouts")
 NDIM = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "timeouts": 1}
 FLOAT_KEYS = ("observations", "actions", "rewards", "next_observations")
+#: Per-step integer keys that hold one value per episode -> the Episode field they fill.
+ID_KEYS = {"infos/task_id": "task_id", "infos/history_id": "history_id"}
+#: Metadata arrays read whatever their size (other metadata datasets only up to 4096 entries).
+FULL_METADATA_KEYS = ("train_task_ids", "test_task_ids")
 
 
 def _read(f: h5py.File, key: str, where: Path) -> np.ndarray:
@@ -58,6 +74,17 @@ def _read(f: h5py.File, key: str, where: Path) -> np.ndarray:
 
 def _prepare(arr: np.ndarray, key: str, where: Path) -> np.ndarray:
     """Shape check, finiteness check and conversion to the D4RL dtype (no copy if already)."""
+    if key == "actions" and np.issubdtype(arr.dtype, np.integer):
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        if arr.ndim != 1:
+            raise fail(
+                where,
+                key,
+                f"integer (discrete) actions must be one per step, shape [N]; got shape "
+                f"{arr.shape} (continuous actions must be floats)",
+            )
+        return arr.astype(np.int64, copy=False)
     arr = check_ndim(arr, NDIM.get(key, 2), where, key)
     check_finite(arr, where, key)
     if key in FLOAT_KEYS:
@@ -99,11 +126,61 @@ def _read_metadata(f: h5py.File) -> dict[str, Any]:
         meta.update({k: _scalar(v) for k, v in group.attrs.items()})
 
         def visit(name: str, node: Any) -> None:
-            if isinstance(node, h5py.Dataset) and node.size <= 4096:
+            if isinstance(node, h5py.Dataset) and name in FULL_METADATA_KEYS:
+                meta[name] = np.asarray(node[()]).tolist()
+            elif isinstance(node, h5py.Dataset) and node.size <= 4096:
                 meta[name] = _scalar(node[()])
 
         group.visititems(visit)
     return meta
+
+
+def _read_ids(f: h5py.File, where: Path) -> dict[str, np.ndarray]:
+    """``infos/task_id`` / ``infos/history_id`` present in ``f``, as int64 ``[N]``."""
+    ids = {}
+    for key in ID_KEYS:
+        if key not in f:
+            continue
+        arr = check_ndim(_read(f, key, where), 1, where, key)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise fail(where, key, f"expected integer ids, got dtype {arr.dtype}")
+        ids[key] = arr.astype(np.int64, copy=False)
+    return ids
+
+
+def _num_actions(metadata: dict[str, Any], where: Path) -> int:
+    """``metadata/num_actions`` of a file with integer actions, validated."""
+    key = "metadata/num_actions"
+    n = metadata.get("num_actions")
+    if n is None:
+        raise fail(
+            where,
+            key,
+            "missing: 'actions' holds integers (discrete actions), so the file must give the "
+            "number of actions as the integer dataset metadata/num_actions",
+        )
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise fail(where, key, f"expected an integer >= 1 (the number of actions), got {n!r}")
+    return int(n)
+
+
+def _check_constant(arr: np.ndarray, bounds: np.ndarray, key: str, where: Path) -> np.ndarray:
+    """One value per episode of the per-step ``arr`` (constant within each episode)."""
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    lengths = np.diff(np.concatenate([starts, [len(arr)]]))
+    first = arr[starts]
+    bad = np.flatnonzero(arr != np.repeat(first, lengths))
+    if bad.size:
+        step = int(bad[0])
+        e = int(np.searchsorted(starts, step, side="right") - 1)
+        raise fail(
+            where,
+            key,
+            f"expected one value per episode, but episode {e} (steps {starts[e]}.."
+            f"{starts[e] + lengths[e] - 1}) has {first[e]} at step {starts[e]} and {arr[step]} "
+            f"at step {step}",
+        )
+    return first
 
 
 def _episode_bounds(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
@@ -142,6 +219,7 @@ def load_d4rl(path: str | os.PathLike, task: str | None = None) -> EpisodeDatase
         physics = _read_physics(f, where)
         if physics is not None:
             arrays[physics[0]] = _prepare(physics[1], physics[0], where)
+        arrays.update(_read_ids(f, where))
         metadata = _read_metadata(f)
     n = check_lengths(arrays, where)
     if n == 0:
@@ -153,25 +231,54 @@ def load_d4rl(path: str | os.PathLike, task: str | None = None) -> EpisodeDatase
                 key,
                 f"expected shape {arrays['observations'].shape}, got {arrays[key].shape}",
             )
-    episodes = _split(arrays, physics[0] if physics else None)
+    num_actions = None
+    if arrays["actions"].dtype == np.int64:
+        num_actions = _num_actions(metadata, where)
+        lo, hi = int(arrays["actions"].min()), int(arrays["actions"].max())
+        if lo < 0 or hi >= num_actions:
+            step = int(
+                np.flatnonzero((arrays["actions"] < 0) | (arrays["actions"] >= num_actions))[0]
+            )
+            raise fail(
+                where,
+                "actions",
+                f"discrete actions must lie in [0, {num_actions}) (metadata/num_actions), found "
+                f"{arrays['actions'][step]} at step {step}",
+            )
+    episodes = _split(arrays, physics[0] if physics else None, where)
     metadata.update({"format": "d4rl", "source": str(where)})
     if task is not None:
         key = physics[0] if physics else "infos/physics"
         episodes = [relabel_episode(ep, task, where, key) for ep in episodes]
         metadata["relabelled_task"] = task
-    return EpisodeDataset(episodes, metadata=metadata)
+    return EpisodeDataset(episodes, metadata=metadata, num_actions=num_actions)
 
 
-def _split(arrays: dict[str, np.ndarray], physics_key: str | None) -> list[Episode]:
-    """Cut the step arrays into episodes (views)."""
+def _split(arrays: dict[str, np.ndarray], physics_key: str | None, where: Path) -> list[Episode]:
+    """Cut the step arrays into episodes (views); per-episode ids from ``infos/*_id``."""
     bounds = _episode_bounds(arrays["terminals"], arrays["timeouts"])
     fields = {k: k for k in REQUIRED}
     if "next_observations" in arrays:
         fields["next_observations"] = "next_observations"
     if physics_key is not None:
         fields["physics"] = physics_key
-    parts = {name: np.split(arrays[key], bounds) for name, key in fields.items()}
-    return [Episode(**{name: parts[name][i] for name in fields}) for i in range(len(bounds) + 1)]
+    starts = np.concatenate([[0], bounds]).astype(np.int64).tolist()
+    stops = [*starts[1:], len(arrays["terminals"])]
+    spans = list(zip(starts, stops, strict=True))
+    # views of the one array per key (np.split's own loop is several times slower)
+    parts = {name: [arrays[key][a:b] for a, b in spans] for name, key in fields.items()}
+    ids = {
+        name: _check_constant(arrays[key], bounds, key, where).tolist()
+        for key, name in ID_KEYS.items()
+        if key in arrays
+    }
+    return [
+        Episode(
+            **{name: parts[name][i] for name in fields},
+            **{name: values[i] for name, values in ids.items()},
+        )
+        for i in range(len(bounds) + 1)
+    ]
 
 
 # ------------------------------------------------------------------------------------------
@@ -192,16 +299,23 @@ def _step_arrays(dataset: EpisodeDataset) -> dict[str, np.ndarray]:
     (so it stays its own episode when read back)."""
     arrays = {
         "observations": _concat(dataset, "observations", np.float32),
-        "actions": _concat(dataset, "actions", np.float32),
+        "actions": _concat(dataset, "actions", np.int64 if dataset.discrete else np.float32),
         "rewards": _concat(dataset, "rewards", np.float32),
         "terminals": _concat(dataset, "terminals", np.bool_),
         "timeouts": _concat(dataset, "timeouts", np.bool_).copy(),
         "next_observations": _concat(dataset, "next_observations", np.float32),
         "infos/physics": _concat(dataset, "physics", np.float64),
     }
-    ends = np.cumsum(dataset.lengths) - 1
+    lengths = dataset.lengths
+    ends = np.cumsum(lengths) - 1
     cut_short = [i for i, ep in enumerate(dataset.episodes[:-1]) if ep.truncated]
     arrays["timeouts"][ends[cut_short]] = True
+    for key, ids in (
+        ("infos/task_id", dataset.task_ids),
+        ("infos/history_id", dataset.history_ids),
+    ):
+        if ids is not None:
+            arrays[key] = np.repeat(ids, lengths)
     return {k: v for k, v in arrays.items() if v is not None}
 
 
@@ -222,26 +336,34 @@ def _write(f: h5py.File, arrays: dict[str, np.ndarray], metadata: dict[str, Any]
     for key, value in metadata.items():
         if value is None or key in ("source", "format"):
             continue
+        if key in FULL_METADATA_KEYS:
+            value = np.asarray(value, dtype=np.int64)
         f.create_dataset(f"metadata/{key}", data=_h5_value(value))
 
 
 def save_d4rl(dataset: EpisodeDataset, path: str | os.PathLike) -> None:
     """Write ``dataset`` to ``path`` in the D4RL layout, atomically.
 
-    Writes ``observations, actions, rewards`` (float32), ``terminals, timeouts`` (bool),
-    ``next_observations`` (float32) when every episode has them, ``infos/physics`` (float64) when
-    every episode has physics states of one size, and ``metadata/<key>`` for each metadata entry.
+    Writes ``observations, actions, rewards`` (float32; discrete actions int64 ``[N]`` with
+    ``metadata/num_actions``), ``terminals, timeouts`` (bool), ``next_observations`` (float32)
+    when every episode has them, ``infos/physics`` (float64) when every episode has physics
+    states of one size, ``infos/task_id`` / ``infos/history_id`` (int64, each episode's id on
+    each of its steps) when the episodes carry them, and ``metadata/<key>`` for each metadata
+    entry.
     The file is written to a temporary file in the same directory, then renamed over ``path``
     with ``os.replace``: a failure leaves neither a partial dataset nor the temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = _step_arrays(dataset)
+    metadata = dict(dataset.metadata)
+    if dataset.discrete:
+        metadata["num_actions"] = int(dataset.num_actions)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            _write(f, arrays, dataset.metadata)
+            _write(f, arrays, metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
