@@ -241,6 +241,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
     tokens_per_step = t.batch_size * sampler.num_tokens
     bar = _progress(progress, start, t.steps, cfg.name)
 
+    last_values: dict = {}  # the last logged step's loss, for the closing summary
     pending: list[tuple[int, dict]] = []  # steps dispatched but whose loss is not read yet
     last_good, window_t0, window = start, time.perf_counter(), 0
     status = 0
@@ -258,6 +259,7 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
                 values["tokens_per_s"] = tokens_per_step * window / max(now - window_t0, 1e-9)
                 window_t0, window = now, 0
                 logger.log(step + 1, values)
+                last_values.update(step=step + 1, loss=values["loss"])
                 if bar is not None:
                     bar.set_postfix(
                         loss=f"{values['loss']:.4f}", tok_s=f"{values['tokens_per_s']:.3g}"
@@ -297,7 +299,19 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
             bar.close()
         ckpt.close()
         logger.close()
+    if status == 0:
+        print(_closing_summary(run_dir, last_values), file=sys.stderr)
     return status
+
+
+def _closing_summary(run_dir: Path, last: dict) -> str:
+    """What a finished run reached and where its outputs are."""
+    loss = f"final loss {last['loss']:.4f} at step {last['step']}" if last else "no step logged"
+    extra = ", eval_during_training.png" if (run_dir / "eval_during_training.png").exists() else ""
+    return (
+        f"trained {run_dir}: {loss}; outputs there: config.yaml, data.json, metrics.jsonl, "
+        f"tb/, checkpoints/, loss.png{extra}. Evaluate: ringrl eval {run_dir}"
+    )
 
 
 def dataset_task(cfg: Config, ds) -> str | None:
