@@ -81,11 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paired-only", action="store_true", help="only the paired action check")
     p.add_argument("--multiples", default="2,3", help="K = these multiples of N (default 2,3)")
     p.add_argument("--no-free", action="store_true", help="skip the free-running comparison")
+    p.add_argument("--no-paired", action="store_true", help="skip the paired action check")
     args = p.parse_args(argv)
     n = json.loads((Path(args.run) / "data.json").read_text())["episodes_per_chain"]
     ks = [int(m) * n for m in args.multiples.split(",")]
     report_paired = []
-    for k in ks:
+    for k in [] if args.no_paired else ks:
         r = paired(args.run, k)
         report_paired.append(r)
         print(
