@@ -207,14 +207,14 @@ def pad_chain(chain: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray
     return out
 
 
-def visible_completion_fraction(chains: Sequence[dict[str, np.ndarray]]) -> float:
-    """Fraction of chains with a positive completion flag that a later prediction can read.
+def has_visible_completion(chain: dict[str, np.ndarray]) -> bool:
+    """Whether a positive completion flag of ``chain`` sits before its last real step, where
+    the predictions of every later real step read it."""
+    real = np.flatnonzero(chain["mask"] > 0)
+    flags = np.flatnonzero(chain["completions"][real] > 0)
+    return bool(len(flags) and flags[0] < len(real) - 1)
 
-    A flag at step ``t`` is visible to the predictions of every later real step.
-    """
-    visible = 0
-    for c in chains:
-        real = np.flatnonzero(c["mask"] > 0)
-        flags = np.flatnonzero(c["completions"][real] > 0)
-        visible += bool(len(flags) and flags[0] < len(real) - 1)
-    return visible / max(len(chains), 1)
+
+def visible_completion_fraction(chains: Sequence[dict[str, np.ndarray]]) -> float:
+    """Fraction of chains with a positive completion flag that a later prediction can read."""
+    return sum(map(has_visible_completion, chains)) / max(len(chains), 1)

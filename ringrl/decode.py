@@ -34,7 +34,7 @@ from jax import Array
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ringrl.context import Steps, build_chain, is_completed, pad_chain
+from ringrl.context import Steps, build_chain, episode_return, is_completed, pad_chain
 from ringrl.model import Transformer, TransformerConfig
 from ringrl.ops.reference import attention_mask
 
@@ -444,7 +444,7 @@ class IncrementalPolicy:
         self.kept_from[e] = first
         if arranged == [*self.cached[e], len(episodes) - 1]:
             self.cached[e] = arranged
-            completed = is_completed(float(np.sum(episodes[-1].rewards)), self.rule.success_return)
+            completed = is_completed(episode_return(episodes[-1]), self.rule.success_return)
             self.prev_done[e] = float(completed)  # the finished episode's reward token
             return
         rows = np.zeros(self.E, bool)

@@ -557,19 +557,14 @@ def evaluate(
         dataset_mean_return=float(ds.returns.mean()),
         checkpoint_step=step,
     )
+    from ringrl.rundir import write_text_atomic
+
     run_dir, _ = find_run(path)
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "eval.json", result)
+    write_text_atomic(out / "eval.json", json.dumps(result, indent=1))
     plot_curve([result], out / "eval_curve.png", f"{task}: {cfg.name}")
     return result
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Atomic: a temporary file next to ``path``, then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
 
 
 # ---- CLI --------------------------------------------------------------------------------------

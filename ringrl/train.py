@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from agents import BC, AgenticTransformer, DecisionTransformer
 from agents.agentic import AgentConfig
 from ringrl.config import Config, ConfigError, add_override_argument, load_config
-from ringrl.context import completion_level, data_scales, visible_completion_fraction
+from ringrl.context import completion_level, data_scales, has_visible_completion
 from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
 from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
@@ -414,8 +414,11 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
     from ringrl.rundir import data_locations, write_text_atomic
 
     N = cfg.agent.num_trajectories
-    rngs = (np.random.default_rng([cfg.train.seed, 2**32 - 1, i]) for i in range(200))
-    chains = [sampler.sample_chain(rng) for rng in rngs]
+    visible, targets, count = 0, 0.0, 200  # chains sampled one at a time, none kept
+    for i in range(count):
+        chain = sampler.sample_chain(np.random.default_rng([cfg.train.seed, 2**32 - 1, i]))
+        visible += has_visible_completion(chain)
+        targets += float(chain["mask"].sum())
     q = np.percentile(ds.returns, [0, 25, 50, 75, 100])
     report = {
         "dataset": str(cfg.data.path),
@@ -432,9 +435,8 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
         "reward_scale": float(stats["reward_scale"]),
         "success_return": float(stats["success_return"]),
         "completion_quantile": cfg.agent.completion_quantile,
-        "visible_completion_fraction": visible_completion_fraction(chains),
-        "action_targets_per_update": float(np.mean([c["mask"].sum() for c in chains]))
-        * cfg.train.batch_size,
+        "visible_completion_fraction": visible / count,
+        "action_targets_per_update": targets / count * cfg.train.batch_size,
         "episodes_per_chain": N,
         "enough_episodes": bool(ds.num_episodes >= 10 * N),
     }
