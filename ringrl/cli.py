@@ -366,5 +366,18 @@ def main(argv: list[str] | None = None) -> int:
         _debug = outer
 
 
+def run_script(script_main, argv: list[str] | None = None) -> int:
+    """A script's ``main(argv)`` with the command line's handling of user mistakes: one line on
+    stderr and exit code 2 (``RINGRL_DEBUG=1`` for the traceback)."""
+    try:
+        return int(script_main(argv) or 0)
+    except Exception as e:
+        message = None if os.environ.get("RINGRL_DEBUG") else user_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
     sys.exit(main())

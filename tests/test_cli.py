@@ -210,3 +210,18 @@ def test_unknown_benchmark_names_the_known_ones(capsys):
     assert cli.main(["bench", "nosuch"]) == 2
     line = error_line(capsys)
     assert "unknown benchmark 'nosuch'; known: attention, context" in line
+
+
+def test_scripts_answer_a_missing_path_with_one_line_and_exit_2(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from ringrl.cli import run_script
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "completion_flags.py"
+    spec = importlib.util.spec_from_file_location("completion_flags", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert run_script(module.main, ["nosuch.hdf5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch.hdf5" in err[0]
