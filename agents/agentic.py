@@ -61,17 +61,29 @@ class AgentConfig:
     use_returns: bool = True  # False: BC -- no return, reward or completion inputs
     max_timestep: int = 1000  # timestep embedding table size - 1 (ExoRL episodes: 1000)
     context_steps: int = 1000  # steps the model sees when acting (N * steps per trajectory)
+    discrete: bool = False  # act_dim one-hot actions, a categorical head, cross-entropy loss
+    use_rewards: bool | None = None  # reward/completion inputs (None: as use_returns; AD: True)
 
     def __post_init__(self):
         if self.tokens_per_step not in (1, 3, 4):
             raise ValueError(f"tokens_per_step must be 1, 3 or 4, got {self.tokens_per_step}")
 
     @property
+    def rewards_in(self) -> bool:
+        """Whether rewards and completion flags enter the tokens."""
+        return self.use_returns if self.use_rewards is None else self.use_rewards
+
+    @property
+    def reward_token(self) -> bool:
+        """Whether a step has its own (reward, completion) token (the 4-token layouts)."""
+        return self.tokens_per_step == 4 and self.rewards_in
+
+    @property
     def step_tokens(self) -> int:
-        """Tokens one step occupies: 4 or 3 (2 without returns), or 1."""
+        """Tokens one step occupies: ``[R?, s, a, (r, d)?]`` (4, 3 or 2), or 1 fused."""
         if self.tokens_per_step == 1:
             return 1
-        return self.tokens_per_step if self.use_returns else 2
+        return int(self.use_returns) + 2 + int(self.reward_token)
 
     @property
     def action_token(self) -> int:
@@ -110,10 +122,11 @@ class AgenticTransformer(nnx.Module):
             self.embed_action = linear(A)
             if cfg.use_returns:
                 self.embed_return = linear(1)
-            if cfg.use_returns and cfg.tokens_per_step == 4:
+            if cfg.reward_token:
                 self.embed_reward = linear(2)  # (reward, completion)
         else:
-            self.embed_step = linear(obs_dim + A + 1 + (3 if cfg.use_returns else 0))
+            extra = int(cfg.use_returns) + 2 * int(cfg.rewards_in)
+            self.embed_step = linear(obs_dim + A + 1 + extra)
         self.embed_norm = nnx.LayerNorm(D, rngs=rngs)
         self.transformer = Transformer(model_cfg, rngs=rngs)
         self.action_head = nnx.Linear(D, A, rngs=rngs)
@@ -139,7 +152,7 @@ class AgenticTransformer(nnx.Module):
             tokens = [self.embed_state(obs_BTO), self.embed_action(act_BTA)]
             if cfg.use_returns:
                 tokens = [self.embed_return(rtg_BT1), *tokens]
-            if cfg.use_returns and cfg.tokens_per_step == 4:
+            if cfg.reward_token:
                 tokens.append(self.embed_reward(rew_BT2))
             return jnp.stack(tokens, axis=2)
 
@@ -149,7 +162,9 @@ class AgenticTransformer(nnx.Module):
         has_prev_BT1 = prev(batch["mask"][..., None])
         feats = [obs_BTO, prev(act_BTA), has_prev_BT1]
         if cfg.use_returns:
-            feats += [rtg_BT1, prev(rew_BT2)]
+            feats.append(rtg_BT1)
+        if cfg.rewards_in:
+            feats.append(prev(rew_BT2))
         return self.embed_step(jnp.concatenate(feats, -1))[:, :, None]
 
     def tokens(self, batch: Mapping[str, Array]) -> tuple[Array, Array]:
@@ -167,28 +182,42 @@ class AgenticTransformer(nnx.Module):
     def __call__(
         self, batch: Mapping[str, Array], *, mesh: Mesh | None = None, deterministic: bool = True
     ) -> Array:
-        """Predicted actions ``[B, T, act_dim]`` in [-1, 1], one per step."""
+        """One output ``[B, T, act_dim]`` per step: actions in [-1, 1], or (discrete) logits."""
         x_BLD, seg_BL = self.tokens(batch)
         h_BLD = self.transformer(x_BLD, segment_ids=seg_BL, mesh=mesh, deterministic=deterministic)
         B, L, D = h_BLD.shape
         K = self.cfg.step_tokens
         h_BTD = h_BLD.reshape(B, L // K, K, D)[:, :, self.cfg.action_token]
-        return jnp.tanh(self.action_head(h_BTD))
+        return self.head(h_BTD)
+
+    def head(self, h_D: Array) -> Array:
+        """The action output of hidden states ``[..., D]``: ``tanh`` actions, or logits."""
+        out = self.action_head(h_D)
+        return out if self.cfg.discrete else jnp.tanh(out)
 
     def loss(
         self, batch: Mapping[str, Array], *, mesh: Mesh | None = None, deterministic: bool = False
     ) -> tuple[Array, dict[str, Array]]:
-        """Masked MSE between predicted and dataset actions (mean over real steps and dims)."""
+        """Masked mean over real steps: MSE to the dataset actions (mean over dims), or, for
+        discrete actions, the cross-entropy of the logits with the (one-hot) dataset action."""
         pred_BTA = self(batch, mesh=mesh, deterministic=deterministic)
-        target_BTA = jnp.clip(batch["actions"], -1.0, 1.0)
         mask_BT = batch["mask"]
-        err_BT = jnp.mean(jnp.square(pred_BTA - target_BTA), axis=-1)
+        if self.cfg.discrete:
+            logp_BTA = jax.nn.log_softmax(pred_BTA.astype(jnp.float32), axis=-1)
+            err_BT = -jnp.sum(logp_BTA * batch["actions"], axis=-1)
+        else:
+            target_BTA = jnp.clip(batch["actions"], -1.0, 1.0)
+            err_BT = jnp.mean(jnp.square(pred_BTA - target_BTA), axis=-1)
         steps = jnp.maximum(mask_BT.sum(), 1.0)
         loss = jnp.sum(err_BT * mask_BT) / steps
         return loss, {"loss": loss, "steps": mask_BT.sum()}
 
+    #: The context order the agent was trained on when it admits only one (AD: chronological).
+    FIXED_ORDER: str | None = None
+
     def context_rule(self, max_episode_steps: int, order: str = "sorted") -> ContextRule:
         """The context rule this agent acts by (its context size and completion level)."""
+        order = self.FIXED_ORDER or order
         return ContextRule(
             self.cfg.context_steps, max_episode_steps, order, float(self.success_return[...])
         )
@@ -235,7 +264,8 @@ class AgenticTransformer(nnx.Module):
         order: str = "sorted",
         mesh: Mesh | None = None,
     ) -> np.ndarray:
-        """The action ``[act_dim]`` for the last step of ``history`` (see :meth:`context`)."""
+        """The output ``[act_dim]`` for the last step of ``history`` (see :meth:`context`): the
+        action, or (discrete) the logits; :class:`ActionChooser` turns logits into an action."""
         m = self.transformer.cfg
         ring = m.attention == "ring"
         shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
@@ -250,6 +280,57 @@ class AgenticTransformer(nnx.Module):
         )
         pred_BTA = _predict(self, {k: jnp.asarray(v) for k, v in batch.items()}, mesh)
         return np.asarray(pred_BTA[0, last])
+
+
+def one_hot(actions: np.ndarray, num_actions: int) -> np.ndarray:
+    """Integer actions ``[T]`` as float32 one-hot rows ``[T, num_actions]`` (the model's input).
+
+    Raises ValueError naming the offending value when an action is outside ``0..num_actions-1``.
+    """
+    a = np.asarray(actions).reshape(-1)
+    bad = (a < 0) | (a >= num_actions)
+    if bad.any():
+        raise ValueError(f"discrete action {a[bad][0]} is outside 0..{num_actions - 1}")
+    out = np.zeros((len(a), num_actions), np.float32)
+    out[np.arange(len(a)), a.astype(np.int64)] = 1.0
+    return out
+
+
+class ActionChooser:
+    """Model outputs ``[E, act_dim]`` -> the actions taken, as the model reads them back.
+
+    Continuous: the output is the action. Discrete: the output is logits; ``"greedy"`` takes the
+    argmax, ``"sample"`` (Algorithm Distillation's) draws from the softmax with a seeded
+    generator; either way the action comes back one-hot ``[E, num_actions]`` (what the context
+    holds) -- :meth:`env_actions` gives the integers an environment takes.
+    """
+
+    MODES = ("sample", "greedy")
+
+    def __init__(self, discrete: bool, mode: str = "sample", seed: int = 0):
+        if mode not in self.MODES:
+            raise ValueError(f"action selection must be one of {self.MODES}, got {mode!r}")
+        self.discrete, self.mode = discrete, mode
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, out_EA: np.ndarray) -> np.ndarray:
+        out_EA = np.asarray(out_EA, np.float32)
+        if not self.discrete:
+            return out_EA
+        E, A = out_EA.shape
+        if self.mode == "greedy":
+            idx = out_EA.argmax(-1)
+        else:
+            z = out_EA.astype(np.float64)
+            p = np.exp(z - z.max(-1, keepdims=True))
+            cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+            idx = np.minimum((cum < self.rng.random((E, 1))).sum(-1), A - 1)
+        return one_hot(idx, A)
+
+    @staticmethod
+    def env_actions(act_EA: np.ndarray) -> np.ndarray:
+        """One-hot actions ``[E, A]`` -> int64 ``[E]``."""
+        return np.asarray(act_EA).argmax(-1).astype(np.int64)
 
 
 @nnx.jit(static_argnames=("mesh",))

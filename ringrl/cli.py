@@ -87,6 +87,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("ringrl.bench.cli", "attention / context benchmarks"),
     "quickstart": ("ringrl.quickstart", "collect, train, evaluate end to end on a small task"),
     "compare": ("ringrl.compare", "the ExoRL comparison (paper's Table 5) from the presets"),
+    "scaling": ("ringrl.scaling", "return against the episodes in context, N (task families)"),
 }
 
 DESCRIPTION = """\
@@ -178,6 +179,8 @@ USER_ERROR_CLASSES: dict[str, tuple[str, ...]] = {
     "ringrl.data.episode": ("DatasetError",),
     "ringrl.rundir": ("RunDirLocked", "ConfigMismatch", "DatasetNotFound"),
     "ringrl.train": ("RunDirLocked", "ConfigMismatch"),
+    "ringrl.evaluate": ("TaskIdsError",),
+    "ringrl.scaling": ("StudyError",),
     "yaml": ("YAMLError",),
     "gymnasium.error": ("Error",),  # e.g. an unknown environment id
 }

@@ -20,6 +20,8 @@ import yaml
 
 from ringrl.ops import IMPLS
 
+KINDS = ("at", "dt", "bc", "ad")  # Agentic Transformer, Decision Transformer, BC, AD
+
 
 class ConfigError(ValueError):
     """An invalid config: unknown key, wrong type or bad value (the message names the key)."""
@@ -42,7 +44,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class AgentConfig:
-    kind: str = "at"  # at (Agentic Transformer) | dt (Decision Transformer) | bc
+    kind: str = "at"  # at (Agentic Transformer) | dt (Decision Transformer) | bc | ad (AD)
     num_trajectories: int = 4  # N per chain; AT: up to 4, RA paper: 32 and 128; DT/BC: 1
     steps_per_trajectory: int = 1000  # window per trajectory; ExoRL: 1000; DT: K = 20
     random_window_start: bool = False  # DT/BC: True (windows start anywhere)
@@ -104,7 +106,7 @@ class Config:
         checks = [
             ("model.attention", self.model.attention in IMPLS, f"one of {IMPLS}"),
             ("model.compute_dtype", self.model.compute_dtype in ("float32", "bfloat16"), "dtype"),
-            ("agent.kind", self.agent.kind in ("at", "dt", "bc"), "one of at, dt, bc"),
+            ("agent.kind", self.agent.kind in KINDS, f"one of {', '.join(KINDS)}"),
             ("agent.tokens_per_step", self.agent.tokens_per_step in (1, 3, 4), "1, 3 or 4"),
             ("agent.completion_quantile", 0 <= self.agent.completion_quantile <= 1, "in [0, 1]"),
             (

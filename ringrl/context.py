@@ -176,6 +176,120 @@ def _append_episode(parts, ep, start: int, window: int | None, target: float, co
     parts["timesteps"].append(np.arange(start, stop, dtype=np.int32))
 
 
+class EpisodeTable:
+    """A dataset's episodes as flat per-step arrays: :func:`build_chain`'s chains by gathering.
+
+    ``table.chain(idx, ...)`` equals ``build_chain([episodes[i] for i in idx], ...)`` exactly
+    (same arrangement, relabelling, flags, windows; checked by the tests) without a Python loop
+    over the chain's episodes -- what makes chains of hundreds of short episodes (bandit pulls)
+    cheap to sample.
+    """
+
+    def __init__(self, episodes: Sequence[EpisodeLike], success_return: float = float("inf")):
+        lengths = np.array([len(ep.rewards) for ep in episodes], np.int64)
+        self.lengths, self.begin = lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        self.returns = np.array([episode_return(ep) for ep in episodes], np.float64)
+        self.observations = np.concatenate(
+            [np.asarray(ep.observations, np.float32) for ep in episodes]
+        )
+        self.actions = np.concatenate(
+            [np.asarray(ep.actions, np.float32).reshape(len(ep.rewards), -1) for ep in episodes]
+        )
+        self.rewards = np.concatenate([np.asarray(ep.rewards, np.float32) for ep in episodes])
+        step_ep = np.repeat(np.arange(len(lengths)), lengths)
+        self.timesteps = (np.arange(len(step_ep)) - self.begin[step_ep]).astype(np.int32)
+        self._exact_collected(episodes)
+        self.completions = np.zeros(len(step_ep), np.float32)
+        done = self.returns >= success_return
+        self.completions[(self.begin + lengths - 1)[done & (lengths > 0)]] = 1.0
+
+    def _exact_collected(self, episodes: Sequence[EpisodeLike]) -> None:
+        """The reward collected before each step, summed within its episode as build_chain
+        does (a dataset-wide cumulative sum would differ in the last bits)."""
+        parts = []
+        for ep in episodes:
+            r = np.asarray(ep.rewards, np.float32)
+            parts.append(np.concatenate([[0.0], np.cumsum(r, dtype=np.float64)[:-1]]))
+        self.collected = np.concatenate(parts) if parts else np.zeros(0)
+
+    def chain(
+        self,
+        idx: Sequence[int] | np.ndarray,
+        *,
+        order: str = "sorted",
+        starts: Sequence[int] | np.ndarray | None = None,
+        window: int | None = None,
+        target: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The chain of episodes ``idx`` (see :func:`build_chain`; no running episode)."""
+        batch = self.batch(
+            [idx],
+            length=None,
+            order=order,
+            starts=None if starts is None else [starts],
+            window=window,
+            targets=None if target is None else [target],
+        )
+        return {k: v[0] for k, v in batch.items()}
+
+    def batch(
+        self,
+        idx: Sequence[Sequence[int]],
+        *,
+        length: int | None,
+        order: str = "sorted",
+        starts: Sequence[Sequence[int]] | None = None,
+        window: int | None = None,
+        targets: Sequence[float] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Chains ``[len(idx), length, ...]`` of the episodes ``idx[b]`` (each as :meth:`chain`),
+        zero-padded to ``length`` steps (None: exactly the one chain's length; one chain only),
+        all gathered at once."""
+        if order not in ORDERS:
+            raise ValueError(f"context order must be one of {ORDERS}, got {order!r}")
+        eps, sts, tgt = [], [], []
+        for b, row in enumerate(idx):
+            row = np.asarray(row, np.int64)
+            if not len(row):
+                raise ValueError("a chain needs at least one episode")
+            st = np.zeros(len(row), np.int64) if starts is None else np.asarray(starts[b], np.int64)
+            returns = self.returns[row]
+            tgt.append(float(returns.max()) if targets is None else float(targets[b]))
+            if order == "sorted":
+                arrange = np.argsort(returns, kind="stable")
+                row, st = row[arrange], st[arrange]
+            eps.append(row)
+            sts.append(st)
+        ep_row = np.repeat(np.arange(len(eps)), [len(r) for r in eps])
+        ep, st = np.concatenate(eps), np.concatenate(sts)
+        T = self.lengths[ep]
+        n = (T if window is None else np.minimum(T, st + window)) - st
+        total = int(n.sum())
+        ends = np.cumsum(n)
+        src = np.repeat(self.begin[ep] + st - (ends - n), n) + np.arange(total)
+        row_steps = np.bincount(ep_row, weights=n, minlength=len(eps)).astype(np.int64)
+        row_first = np.concatenate([[0], np.cumsum(row_steps)[:-1]])
+        r = np.repeat(ep_row, n)
+        pos = np.arange(total) - row_first[r]
+        L = int(row_steps.max()) if length is None else int(length)
+        if row_steps.max() > L:
+            raise ValueError(f"a chain of {row_steps.max()} steps does not fit in {L}")
+        columns = {
+            "observations": self.observations[src],
+            "actions": self.actions[src],
+            "rewards": self.rewards[src],
+            "returns_to_go": (np.asarray(tgt)[r] - self.collected[src]).astype(np.float32),
+            "completions": self.completions[src],
+            "timesteps": self.timesteps[src],
+            "mask": np.ones(total, np.float32),
+        }
+        out = {}
+        for k, x in columns.items():
+            out[k] = np.zeros((len(eps), L, *x.shape[1:]), x.dtype)
+            out[k][r, pos] = x
+        return out
+
+
 def acting_chain(
     previous: Sequence[EpisodeLike], running: EpisodeLike, rule: ContextRule, target: float
 ) -> tuple[dict[str, np.ndarray], int]:
@@ -203,7 +317,21 @@ def pad_chain(chain: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray
     for k, x in chain.items():
         if len(x) > length:
             raise ValueError(f"a chain of {len(x)} steps does not fit in {length}")
-        out[k] = np.pad(x, [(0, length - len(x))] + [(0, 0)] * (x.ndim - 1))
+        out[k] = np.zeros((length, *x.shape[1:]), x.dtype)
+        out[k][: len(x)] = x
+    return out
+
+
+def stack_chains(chains: Sequence[dict[str, np.ndarray]], length: int) -> dict[str, np.ndarray]:
+    """Chains zero-padded to ``length`` steps and stacked: ``[len(chains), length, ...]``."""
+    out = {}
+    for k, x in chains[0].items():
+        out[k] = np.zeros((len(chains), length, *x.shape[1:]), x.dtype)
+    for i, chain in enumerate(chains):
+        for k, x in chain.items():
+            if len(x) > length:
+                raise ValueError(f"a chain of {len(x)} steps does not fit in {length}")
+            out[k][i, : len(x)] = x
     return out
 
 

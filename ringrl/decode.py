@@ -305,8 +305,13 @@ class IncrementalPolicy:
         mesh: Mesh | None = None,
         prefill_chunk: int = 256,
         cache_dtype: str = "float32",
+        actions: str = "sample",
+        seed: int = 0,
     ):
+        from agents.agentic import ActionChooser
+
         self.agent, self.mesh, self.E = agent, mesh, num_envs
+        self.choose = ActionChooser(agent.cfg.discrete, actions, seed)
         self.target = float(target_return)
         self.max_steps = int(max_episode_steps)
         self.rule = agent.context_rule(self.max_steps, order)
@@ -346,7 +351,7 @@ class IncrementalPolicy:
         h_BND, cache = decode_step(
             agent.transformer, x_BND, seg_BN, cache, mesh=self.mesh, num_new_B=num_new_B
         )
-        return jnp.tanh(agent.action_head(h_BND[:, -1])), cache
+        return agent.head(h_BND[:, -1]), cache
 
     def _embed_fn(self, state, batch):
         return nnx.merge(self.graphdef, state).tokens(batch)[0]
@@ -393,7 +398,8 @@ class IncrementalPolicy:
         return [*(h.episodes[i] for i in self.cached[e]), h.partial(obs, self.act_dim)]
 
     def act(self, obs_EO: np.ndarray, active_E: np.ndarray | None = None) -> np.ndarray:
-        """Actions ``[E, act_dim]`` in [-1, 1] for the current observations."""
+        """Actions ``[E, act_dim]`` for the current observations: in [-1, 1], or (discrete)
+        one-hot, greedy or sampled from the logits (``actions``)."""
         active_E = np.ones(self.E, bool) if active_E is None else np.asarray(active_E, bool)
         obs_EO = np.asarray(obs_EO, np.float32)
         rtg_E = (self.target - self.collected).astype(np.float32)
@@ -415,7 +421,7 @@ class IncrementalPolicy:
         self.pos += num_new_E
         self.cur_obs = obs_EO
         self._cur_rtg = rtg_E
-        return np.asarray(act_EA)
+        return self.choose(np.asarray(act_EA))
 
     def record(
         self, act_EA: np.ndarray, rew_E: np.ndarray, done_E: np.ndarray, active_E: np.ndarray

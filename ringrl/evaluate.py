@@ -29,6 +29,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -49,16 +50,21 @@ class Policy(Protocol):
 
 
 class RandomPolicy:
-    """Uniform actions in [-1, 1] (the agents' action range), seeded."""
+    """Uniform actions, seeded: in [-1, 1] (the agents' action range), or (``discrete``) a
+    uniformly drawn action, one-hot (as the agents return them)."""
 
-    def __init__(self, num_envs: int, act_dim: int, seed: int = 0):
+    def __init__(self, num_envs: int, act_dim: int, seed: int = 0, discrete: bool = False):
         self.rng = np.random.default_rng(seed)
         self.shape = (num_envs, act_dim)
+        self.discrete = discrete
 
     def start_trial(self, rows: np.ndarray) -> None:
         pass
 
     def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
+        if self.discrete:
+            E, A = self.shape
+            return np.eye(A, dtype=np.float32)[self.rng.integers(0, A, E)]
         return self.rng.uniform(-1.0, 1.0, self.shape).astype(np.float32)
 
     def record(self, act_EA, rew_E, done_E, active_E) -> None:
@@ -66,7 +72,7 @@ class RandomPolicy:
 
 
 class ConstantPolicy(RandomPolicy):
-    """The same action at every step."""
+    """The same action at every step (a discrete action as its one-hot row)."""
 
     def __init__(self, num_envs: int, action: np.ndarray):
         self.action = np.broadcast_to(np.asarray(action, np.float32), (num_envs, len(action)))
@@ -90,14 +96,18 @@ class RecomputePolicy:
         *,
         order: str = "sorted",
         mesh=None,
+        actions: str = "sample",
+        seed: int = 0,
     ):
         import jax
         from flax import nnx
 
+        from agents.agentic import ActionChooser
         from ringrl.decode import TrialHistory
         from ringrl.sampler import padded_steps
 
         self.agent, self.E, self.target, self.mesh = agent, num_envs, float(target_return), mesh
+        self.choose = ActionChooser(agent.cfg.discrete, actions, seed)
         self.rule = agent.context_rule(max_episode_steps, order)
         c, m = agent.cfg, agent.transformer.cfg
         ring = m.attention == "ring"
@@ -128,7 +138,7 @@ class RecomputePolicy:
         batch = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
         pred_ETA = np.asarray(self._predict(self.state, batch))
         self._obs = np.asarray(obs_EO, np.float32)
-        return pred_ETA[np.arange(self.E), last]
+        return self.choose(pred_ETA[np.arange(self.E), last])
 
     def record(self, act_EA, rew_E, done_E, active_E) -> None:
         for e in np.flatnonzero(active_E):
@@ -143,6 +153,51 @@ class RecomputePolicy:
 def reset_seeds(seed: int, trials: int, episodes: int) -> np.ndarray:
     """``[trials, episodes]`` reset seeds, all distinct: ``seed + trial * episodes + k``."""
     return seed + np.arange(trials * episodes, dtype=np.int64).reshape(trials, episodes)
+
+
+class TaskIdsError(ValueError):
+    """A ``--task-ids`` spec that names no instances (a user mistake, one line)."""
+
+
+def parse_task_ids(spec: str | None, report: dict) -> list[int] | None:
+    """Task ids from ``--task-ids``: ``test`` / ``train`` (the split stored at training),
+    ``data`` (the ids the training episodes were played on), or a list such as ``8000-8009,12``.
+    ``None`` is the stored test split when there is one (else no task selection at all)."""
+    if spec is None:
+        ids = report.get("test_task_ids")
+        return None if ids is None else [int(i) for i in ids]
+    named = {"test": "test_task_ids", "train": "train_task_ids", "data": "data_task_ids"}
+    if spec in named:
+        if named[spec] not in report:
+            raise TaskIdsError(f"--task-ids {spec}: the run's data.json stores no {named[spec]}")
+        return [int(i) for i in report[named[spec]]]
+    ids: list[int] = []
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            ids.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise TaskIdsError(
+            f"--task-ids {spec!r}: expected test, train, data or ids such as 8000-8009,12"
+        ) from None
+    if not ids:
+        raise TaskIdsError(f"--task-ids {spec!r}: no ids")
+    return ids
+
+
+def spread_task_ids(ids: Sequence[int] | None, trials: int) -> list[int] | None:
+    """At most ``trials`` of ``ids``, evenly spread over the list (all of them if fewer)."""
+    if ids is None or len(ids) <= trials:
+        return None if ids is None else list(ids)
+    pick = np.linspace(0, len(ids) - 1, trials).round().astype(int)
+    return [int(ids[i]) for i in pick]
+
+
+def trial_task_ids(task_ids: Sequence[int] | None, trials: int) -> list[int] | None:
+    """The instance of every trial: ``task_ids[i % len(task_ids)]``."""
+    if task_ids is None:
+        return None
+    return [int(task_ids[i % len(task_ids)]) for i in range(trials)]
 
 
 def seed_block(method: int, train_seed: int) -> int:
@@ -162,39 +217,58 @@ def rollout(
     episodes: int,
     num_envs: int,
     seed: int = 0,
+    task_ids: Sequence[int] | None = None,
     progress: bool = False,
 ) -> tuple[np.ndarray, int]:
     """``(returns [trials, episodes], env steps)``; trial ``i`` runs in env ``i % num_envs``,
-    its episode ``k`` reset with ``reset_seeds(seed, trials, episodes)[i, k]``."""
+    its episode ``k`` reset with ``reset_seeds(seed, trials, episodes)[i, k]``.
+
+    ``task_ids`` (task families): trial ``i`` plays instance ``task_ids[i % len(task_ids)]``,
+    selected at its first reset (``options={"task_id": ...}``) and kept for its later episodes.
+    Policies return actions as the agents do: continuous ones are clipped to the action box;
+    for a ``Discrete`` space the one-hot rows become integers.
+    """
     import gymnasium as gym
 
     import envs
 
     seeds = reset_seeds(seed, trials, episodes)
     E = min(num_envs, trials)
-    vec = gym.vector.SyncVectorEnv(
-        [lambda: envs.make(task) for _ in range(E)],
-        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
-    )
-    low, high = vec.single_action_space.low, vec.single_action_space.high
+    pool = [envs.make(task) for _ in range(E)]
+    space = pool[0].action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+
+    def to_env(a: np.ndarray):
+        return int(np.argmax(a)) if discrete else np.clip(a, space.low, space.high)
+
+    def reset(e: int, first: bool) -> np.ndarray:
+        options = None
+        if first and task_ids is not None:
+            options = {"task_id": int(task_ids[trial[e] % len(task_ids)])}
+        obs_e, _ = pool[e].reset(seed=int(seeds[trial[e], episode[e]]), options=options)
+        return np.asarray(obs_e, np.float32)
+
     queue = [list(range(e, trials, E)) for e in range(E)]  # each env's trials, in order
     trial = np.array([q.pop(0) for q in queue])
     episode = np.zeros(E, int)
     returns = np.zeros((trials, episodes))
     steps = 0
     active = np.ones(E, bool)
-    obs, _ = vec.reset(seed=[int(seeds[i, 0]) for i in trial])
+    obs = np.stack([reset(e, True) for e in range(E)])
     policy.start_trial(active.copy())
     bar = _bar(progress, trials * episodes)
+    rew, done = np.zeros(E, np.float32), np.zeros(E, bool)
     while active.any():
         act = np.asarray(policy.act(obs, active), np.float32)
-        obs_next, rew, term, trunc, _ = vec.step(np.clip(act, low, high))
-        rew = np.where(active, rew, 0.0).astype(np.float32)
-        done = (term | trunc) & active
+        rew[:], done[:] = 0.0, False
+        obs = obs.copy()  # a new array: policies may keep the one they acted on
+        for e in np.flatnonzero(active):
+            obs_e, r, term, trunc, _ = pool[e].step(to_env(act[e]))
+            obs[e], rew[e], done[e] = obs_e, r, term or trunc
         returns[trial[active], episode[active]] += rew[active]
         steps += int(active.sum())
-        policy.record(act, rew, done, active)
-        reset, new_seeds, new_trial = term | trunc, [None] * E, np.zeros(E, bool)
+        policy.record(act, rew.copy(), done.copy(), active.copy())
+        new_trial = np.zeros(E, bool)
         for e in np.flatnonzero(done):
             bar is not None and bar.update(1)
             episode[e] += 1
@@ -204,14 +278,11 @@ def rollout(
                 else:
                     active[e] = False
             if active[e]:
-                new_seeds[e] = int(seeds[trial[e], episode[e]])
-        if reset.any():
-            obs_reset, _ = vec.reset(seed=new_seeds, options={"reset_mask": reset})
-            obs_next = np.where(reset[:, None], obs_reset, obs_next)
+                obs[e] = reset(e, bool(new_trial[e]))
         if new_trial.any():
             policy.start_trial(new_trial)
-        obs = obs_next
-    vec.close()
+    for env in pool:
+        env.close()
     if bar is not None:
         bar.close()
     return returns, steps
@@ -226,27 +297,40 @@ def _bar(enabled: bool, total: int):
 
 
 def baselines(
-    task: str, act_dim: int, *, trials: int, episodes: int, num_envs: int, seed: int
+    task: str,
+    act_dim: int,
+    *,
+    trials: int,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    discrete: bool = False,
+    task_ids: Sequence[int] | None = None,
 ) -> dict:
     """Uniform-random and best-constant-action returns ``[trials, episodes]`` on the agent's
-    reset seeds. The constant is chosen from :data:`CONSTANT_GRID` by the mean return of one
-    episode per value on selection seeds just below ``seed`` (never evaluation seeds)."""
+    reset seeds (and task instances). The constant is chosen from :data:`CONSTANT_GRID` (every
+    action, for discrete actions) by the mean return of two episodes per value on selection
+    seeds just below ``seed`` (never evaluation seeds), on the first trial's instance."""
     E = min(num_envs, trials)
-    kw = dict(trials=trials, episodes=episodes, num_envs=num_envs, seed=seed)
-    random_returns, _ = rollout(task, RandomPolicy(E, act_dim, seed), **kw)
+    kw = dict(trials=trials, episodes=episodes, num_envs=num_envs, seed=seed, task_ids=task_ids)
+    random_returns, _ = rollout(task, RandomPolicy(E, act_dim, seed, discrete), **kw)
+    grid = np.eye(act_dim) if discrete else [np.full(act_dim, c) for c in CONSTANT_GRID]
+    names = list(range(act_dim)) if discrete else list(CONSTANT_GRID)
     selection = {}
-    for j, c in enumerate(CONSTANT_GRID):
+    for j, (name, action) in enumerate(zip(names, grid, strict=True)):
         r, _ = rollout(
             task,
-            ConstantPolicy(1, np.full(act_dim, c)),
+            ConstantPolicy(1, action),
             trials=1,
             episodes=2,
             num_envs=1,
             seed=seed - 2 * (j + 1),
+            task_ids=None if task_ids is None else list(task_ids)[:1],
         )
-        selection[c] = float(r.mean())
+        selection[name] = float(r.mean())
     best = max(selection, key=selection.get)
-    const_returns, _ = rollout(task, ConstantPolicy(E, np.full(act_dim, best)), **kw)
+    const = grid[names.index(best)]
+    const_returns, _ = rollout(task, ConstantPolicy(E, const), **kw)
     return {
         "random": random_returns,
         "constant": const_returns,
@@ -308,7 +392,7 @@ def load_agent(path: str | Path, *, data_path: str | None = None):
             f"run {run_dir} was trained on {stored[0]}/{stored[1]}"
         )
     mesh = make_mesh(1, 1)
-    graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh)
+    graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh, discrete=ds.discrete)
     ckpt = Checkpointer(run_dir / "checkpoints")
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -329,8 +413,11 @@ def make_policy(
     decode: str,
     seq_shards: int,
     order: str = "sorted",
+    actions: str = "sample",
+    seed: int = 0,
 ):
-    """A KV-cache policy when the context holds a whole episode (or asked), else recompute."""
+    """A KV-cache policy when the context holds a whole episode (or asked), else recompute.
+    ``actions``: greedy or sampled discrete actions (seeded by ``seed``)."""
     from ringrl.decode import IncrementalPolicy
     from ringrl.model import with_attention
     from ringrl.parallel import make_mesh
@@ -339,11 +426,16 @@ def make_policy(
         decode = "cache" if agent.cfg.context_steps >= max_steps else "recompute"
     if decode == "cache":
         mesh = make_mesh(1, seq_shards) if seq_shards > 1 else None
-        policy = IncrementalPolicy(agent, num_envs, target, max_steps, order=order, mesh=mesh)
+        policy = IncrementalPolicy(
+            agent, num_envs, target, max_steps, order=order, mesh=mesh, actions=actions, seed=seed
+        )
         return policy, decode
     if agent.transformer.cfg.attention == "ring":  # one device is plenty for a window
         agent.transformer = with_attention(agent.transformer, "blockwise")
-    return RecomputePolicy(agent, num_envs, target, max_steps, order=order), decode
+    policy = RecomputePolicy(
+        agent, num_envs, target, max_steps, order=order, actions=actions, seed=seed
+    )
+    return policy, decode
 
 
 # ---- results -------------------------------------------------------------------------------------
@@ -458,12 +550,18 @@ def run_trials(
     order: str = "sorted",
     decode: str = "auto",
     seq_shards: int = 1,
+    task_ids: Sequence[int] | None = None,
+    actions: str = "sample",
     progress: bool = False,
 ) -> tuple[np.ndarray, dict]:
-    """An agent's in-context returns ``[trials, episodes]`` and how they were made."""
+    """An agent's in-context returns ``[trials, episodes]`` and how they were made.
+
+    ``task_ids``: the task-family instances trials cycle through (:func:`rollout`);
+    ``actions``: greedy or sampled discrete actions (the generator seeded by ``seed``)."""
     import envs
 
     max_steps = int(envs.max_episode_steps(task))
+    order = agent.FIXED_ORDER or order
     policy, mode = make_policy(
         agent,
         min(num_envs, trials),
@@ -472,6 +570,8 @@ def run_trials(
         decode=decode,
         seq_shards=seq_shards,
         order=order,
+        actions=actions,
+        seed=seed,
     )
     t0 = time.perf_counter()
     returns, steps = rollout(
@@ -481,12 +581,15 @@ def run_trials(
         episodes=episodes,
         num_envs=num_envs,
         seed=seed,
+        task_ids=task_ids,
         progress=progress,
     )
     wall = time.perf_counter() - t0
     info = {
         "decode": mode,
         "order": order,
+        "task_ids": trial_task_ids(task_ids, trials),
+        "actions": actions if agent.cfg.discrete else "continuous",
         "target_return": float(target),
         "reset_seeds": reset_seeds(seed, trials, episodes).tolist(),
         "context_steps": int(agent.cfg.context_steps),
@@ -514,20 +617,29 @@ def evaluate(
     data_path: str | None = None,
     out_dir: str | Path | None = None,
     with_baselines: bool = True,
+    task_ids: str | Sequence[int] | None = None,
+    actions: str = "sample",
     progress: bool = False,
 ) -> dict:
     """Evaluate a run (see the module docstring); writes ``eval.json`` and ``eval_curve.png``.
 
     ``episodes`` defaults to 2N for AT (does improvement continue past the training context?)
     and 1 for DT/BC; ``seed`` (the first reset seed) to :func:`seed_block` of the run's
-    training seed.
+    training seed. ``task_ids`` (task families): a ``--task-ids`` spec or a list; by default the
+    held-out (test) instances stored at training, spread over the trials.
     """
+    from ringrl.rundir import read_data_report
+
     agent, cfg, ds, step = load_agent(path, data_path=data_path)
+    run_dir, _ = find_run(path)
+    if task_ids is None or isinstance(task_ids, str):
+        task_ids = parse_task_ids(task_ids, read_data_report(run_dir))
+    task_ids = spread_task_ids(task_ids, trials)
     task = task or ds.metadata.get("task") or cfg.data.task
     if not task:
         raise ValueError("the dataset names no task; pass --task")
     kind = cfg.agent.kind
-    K = episodes or (2 * cfg.agent.num_trajectories if kind == "at" else 1)
+    K = episodes or (2 * cfg.agent.num_trajectories if kind in ("at", "ad") else 1)
     seed = seed_block(0, cfg.train.seed) if seed is None else int(seed)
     best = float(ds.returns.max())
     target = best * target_scale if target is None else float(target)
@@ -542,11 +654,22 @@ def evaluate(
         order=order,
         decode=decode,
         seq_shards=seq_shards,
+        task_ids=task_ids,
+        actions=actions,
         progress=progress,
     )
     base = None
     if with_baselines:
-        base = baselines(task, ds.act_dim, trials=trials, episodes=K, num_envs=num_envs, seed=seed)
+        base = baselines(
+            task,
+            ds.act_dim,
+            trials=trials,
+            episodes=K,
+            num_envs=num_envs,
+            seed=seed,
+            discrete=ds.discrete,
+            task_ids=task_ids,
+        )
     result = summarize(task, kind, returns, base)
     result.update(
         info,
@@ -559,7 +682,6 @@ def evaluate(
     )
     from ringrl.rundir import write_text_atomic
 
-    run_dir, _ = find_run(path)
     out = Path(out_dir) if out_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "eval.json", json.dumps(result, indent=1))
@@ -619,6 +741,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="devices the KV cache is sharded over (ring-style decoding; default: %(default)s)",
     )
+    parser.add_argument(
+        "--task-ids",
+        default=None,
+        help="task-family instances the trials play: test, train, data (the ids trained on) or "
+        "a list such as 8000-8009,12 (default: the held-out test split stored at training)",
+    )
+    parser.add_argument(
+        "--actions",
+        choices=["sample", "greedy"],
+        default="sample",
+        help="discrete actions: sampled from the policy (AD's) or its argmax "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--task", default=None, help="env id (default: the dataset's task)")
     parser.add_argument("--data", default=None, help="dataset path (default: the config's)")
     parser.add_argument("--out", default=None, help="output directory (default: the run dir)")
@@ -646,6 +781,8 @@ def run(args: argparse.Namespace) -> int:
         data_path=args.data,
         out_dir=args.out,
         with_baselines=not args.no_baselines,
+        task_ids=args.task_ids,
+        actions=args.actions,
         progress=not args.no_progress,
     )
     from ringrl.stats import describe

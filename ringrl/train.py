@@ -32,15 +32,20 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from agents import BC, AgenticTransformer, DecisionTransformer
-from agents.agentic import AgentConfig
+from agents import BC, AgenticTransformer, AlgorithmDistillation, DecisionTransformer
+from agents.agentic import AgentConfig, one_hot
 from ringrl.config import Config, ConfigError, add_override_argument, load_config
 from ringrl.context import completion_level, data_scales, has_visible_completion
 from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
 from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
 
-AGENTS = {"at": AgenticTransformer, "dt": DecisionTransformer, "bc": BC}
+AGENTS = {
+    "at": AgenticTransformer,
+    "dt": DecisionTransformer,
+    "bc": BC,
+    "ad": AlgorithmDistillation,
+}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,15 +59,17 @@ class DatasetMismatch(ConfigError):
 # ---- building blocks (also used by the throughput benchmark) -----------------------------------
 
 
-def agent_config(cfg: Config, obs_dim: int, act_dim: int) -> AgentConfig:
+def agent_config(cfg: Config, obs_dim: int, act_dim: int, discrete: bool = False) -> AgentConfig:
     a = cfg.agent
     return AgentConfig(
         obs_dim=obs_dim,
         act_dim=act_dim,
         tokens_per_step=a.tokens_per_step,
-        use_returns=a.kind != "bc",
+        use_returns=a.kind not in ("bc", "ad"),
+        use_rewards=a.kind == "ad" or None,
         max_timestep=a.max_timestep,
         context_steps=a.num_trajectories * a.steps_per_trajectory,
+        discrete=discrete,
     )
 
 
@@ -83,7 +90,30 @@ def sampler_config(
         seq_shards=mesh.shape["seq"],
         ring=cfg.model.attention == "ring",
         success_return=success_return,
+        order="played" if cfg.agent.kind == "ad" else "sorted",
+        chain="consecutive" if cfg.agent.kind == "ad" else "random",
     )
+
+
+def model_episodes(ds) -> list:
+    """The dataset's episodes as the model reads them: discrete actions one-hot ``[T, A]``."""
+    if not ds.discrete:
+        return list(ds.episodes)
+    from ringrl.context import Steps
+
+    A = ds.num_actions
+    return [Steps(ep.observations, one_hot(ep.actions, A), ep.rewards) for ep in ds.episodes]
+
+
+def chain_groups(cfg: Config, ds) -> list | None:
+    """Episode groups a chain stays within: AD's learning histories; the task ids of a
+    multi-task dataset for the other agents; None (one group) for single-task data."""
+    if cfg.agent.kind == "ad":
+        return ds.histories()
+    ids = ds.task_ids
+    if ids is None:
+        return None
+    return [np.flatnonzero(ids == t) for t in np.unique(ids)]
 
 
 def data_statistics(cfg: Config, ds) -> dict:
@@ -126,6 +156,7 @@ def init_state(
     act_dim: int,
     mesh: Mesh,
     stats: dict | None = None,
+    discrete: bool = False,
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
     """``(graphdef, rng_state, state)`` of ``(agent, optimizer)``, replicated over ``mesh``.
 
@@ -135,7 +166,7 @@ def init_state(
     """
     seed = cfg.train.seed
     agent = AGENTS[cfg.agent.kind](
-        agent_config(cfg, obs_dim, act_dim),
+        agent_config(cfg, obs_dim, act_dim, discrete),
         transformer_config(cfg),
         rngs=nnx.Rngs(params=seed, dropout=seed),
         **(stats or {}),
@@ -213,10 +244,12 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
     _check_stored_dims(run_dir, cfg, ds)
     write_config(cfg, run_dir)
     stats = data_statistics(cfg, ds)
-    graphdef, rng_state, state = init_state(cfg, ds.obs_dim, ds.act_dim, mesh, stats)
-    acfg = agent_config(cfg, ds.obs_dim, ds.act_dim)
+    graphdef, rng_state, state = init_state(
+        cfg, ds.obs_dim, ds.act_dim, mesh, stats, discrete=ds.discrete
+    )
+    acfg = agent_config(cfg, ds.obs_dim, ds.act_dim, ds.discrete)
     scfg = sampler_config(cfg, acfg, mesh, stats["success_return"])
-    sampler = ChainSampler(ds.episodes, scfg, seed=t.seed)
+    sampler = ChainSampler(model_episodes(ds), scfg, seed=t.seed, groups=chain_groups(cfg, ds))
     _write_data_report(run_dir, cfg, ds, stats, sampler)
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)
@@ -324,8 +357,8 @@ def check_task_spaces(cfg: Config, ds) -> None:
     """Check the dataset's sizes against its task's environment, before anything compiles.
 
     Raises :class:`DatasetMismatch` naming the dataset file, the task and both shapes when
-    they differ (or the environment's actions are not continuous). A task that cannot be made
-    is an error only when training evaluates (``train.eval_every``), else a warning.
+    they differ (or one's actions are discrete and the other's continuous). A task that cannot
+    be made is an error only when training evaluates (``train.eval_every``), else a warning.
     """
     task = dataset_task(cfg, ds)
     if task is None:
@@ -350,14 +383,18 @@ def check_task_spaces(cfg: Config, ds) -> None:
         env.close()
     import gymnasium
 
+    def describe(continuous: bool, shape) -> str:
+        return f"{shape} continuous" if continuous else f"discrete({shape})"
+
     continuous = isinstance(act_space, gymnasium.spaces.Box)
     env_obs = tuple(getattr(obs_space, "shape", None) or ())
-    env_act = tuple(act_space.shape) if continuous else f"discrete({getattr(act_space, 'n', '?')})"
-    if env_obs != (ds.obs_dim,) or env_act != (ds.act_dim,):
+    env_act = tuple(act_space.shape) if continuous else int(getattr(act_space, "n", -1))
+    data_act = ds.num_actions if ds.discrete else (ds.act_dim,)
+    if env_obs != (ds.obs_dim,) or continuous == ds.discrete or env_act != data_act:
         raise DatasetMismatch(
             f"{where} does not fit its task {task!r}: dataset observations ({ds.obs_dim},), "
-            f"actions ({ds.act_dim},) continuous; environment observations {env_obs}, "
-            f"actions {env_act}{' continuous' if continuous else ''}"
+            f"actions {describe(not ds.discrete, data_act)}; environment observations "
+            f"{env_obs}, actions {describe(continuous, env_act)}"
         )
 
 
@@ -389,7 +426,7 @@ def evaluate_now(cfg: Config, graphdef, rng_state, state, ds) -> dict[str, float
     if not task:
         raise ConfigError("train.eval_every needs a task: the dataset names none (set data.task)")
     t, a = cfg.train, cfg.agent
-    episodes = t.eval_episodes or (2 * a.num_trajectories if a.kind == "at" else 1)
+    episodes = t.eval_episodes or (2 * a.num_trajectories if a.kind in ("at", "ad") else 1)
     agent, _ = nnx.merge(graphdef, rng_state, state)
     returns, _ = run_trials(
         agent,
@@ -438,6 +475,8 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
         "visible_completion_fraction": visible / count,
         "action_targets_per_update": targets / count * cfg.train.batch_size,
         "episodes_per_chain": N,
+        "discrete": bool(ds.discrete),
+        **task_split(ds),
         "enough_episodes": bool(ds.num_episodes >= 10 * N),
     }
     if not report["enough_episodes"]:
@@ -447,6 +486,18 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
             file=sys.stderr,
         )
     write_text_atomic(run_dir / "data.json", json.dumps(report, indent=1))
+
+
+def task_split(ds) -> dict:
+    """The dataset's task split (``train_task_ids`` / ``test_task_ids`` of its metadata, and
+    the task ids its episodes were played on), for evaluation on held-out instances."""
+    out = {}
+    for key in ("train_task_ids", "test_task_ids"):
+        if key in ds.metadata:
+            out[key] = [int(i) for i in np.asarray(ds.metadata[key]).reshape(-1)]
+    if ds.task_ids is not None:
+        out["data_task_ids"] = [int(i) for i in np.unique(ds.task_ids)]
+    return out
 
 
 def _progress(enabled: bool, start: int, total: int, name: str):
