@@ -185,32 +185,59 @@ class EpisodeTable:
     cheap to sample.
     """
 
-    def __init__(self, episodes: Sequence[EpisodeLike], success_return: float = float("inf")):
+    def __init__(
+        self,
+        episodes: Sequence[EpisodeLike],
+        success_return: float = float("inf"),
+        num_actions: int | None = None,
+    ):
+        """``num_actions``: integer actions ``[T]``, held one-hot ``[T, num_actions]``."""
         lengths = np.array([len(ep.rewards) for ep in episodes], np.int64)
         self.lengths, self.begin = lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])
         self.returns = np.array([episode_return(ep) for ep in episodes], np.float64)
         self.observations = np.concatenate(
             [np.asarray(ep.observations, np.float32) for ep in episodes]
         )
-        self.actions = np.concatenate(
-            [np.asarray(ep.actions, np.float32).reshape(len(ep.rewards), -1) for ep in episodes]
-        )
+        if num_actions is None:
+            self.actions = np.concatenate(
+                [np.asarray(ep.actions, np.float32).reshape(len(ep.rewards), -1) for ep in episodes]
+            )
+        else:
+            flat = np.concatenate([np.asarray(ep.actions).reshape(-1) for ep in episodes])
+            bad = (flat < 0) | (flat >= num_actions)
+            if bad.any():
+                raise ValueError(f"discrete action {flat[bad][0]} is outside 0..{num_actions - 1}")
+            self.actions = np.zeros((len(flat), num_actions), np.float32)
+            self.actions[np.arange(len(flat)), flat.astype(np.int64)] = 1.0
         self.rewards = np.concatenate([np.asarray(ep.rewards, np.float32) for ep in episodes])
         step_ep = np.repeat(np.arange(len(lengths)), lengths)
         self.timesteps = (np.arange(len(step_ep)) - self.begin[step_ep]).astype(np.int32)
-        self._exact_collected(episodes)
+        self.collected = self._collected()
         self.completions = np.zeros(len(step_ep), np.float32)
         done = self.returns >= success_return
         self.completions[(self.begin + lengths - 1)[done & (lengths > 0)]] = 1.0
 
-    def _exact_collected(self, episodes: Sequence[EpisodeLike]) -> None:
-        """The reward collected before each step, summed within its episode as build_chain
-        does (a dataset-wide cumulative sum would differ in the last bits)."""
-        parts = []
-        for ep in episodes:
-            r = np.asarray(ep.rewards, np.float32)
-            parts.append(np.concatenate([[0.0], np.cumsum(r, dtype=np.float64)[:-1]]))
-        self.collected = np.concatenate(parts) if parts else np.zeros(0)
+    def _collected(self) -> np.ndarray:
+        """The reward collected before each step, summed within its episode in the order
+        build_chain sums it (a dataset-wide cumulative sum would differ in the last bits):
+        one row-wise cumulative sum over the episodes padded to the longest one, or a loop
+        when padding would cost more than 4x the steps."""
+        lengths, total = self.lengths, int(self.lengths.sum())
+        rewards = self.rewards.astype(np.float64)
+        T = int(lengths.max(initial=0))
+        if len(lengths) * T <= 4 * total:
+            grid = np.zeros((len(lengths), T))
+            cols = np.arange(total) - np.repeat(self.begin, lengths)
+            rows = np.repeat(np.arange(len(lengths)), lengths)
+            grid[rows, cols] = rewards
+            before = np.zeros_like(grid)
+            before[:, 1:] = np.cumsum(grid, axis=1)[:, :-1]
+            return before[rows, cols]
+        parts = [
+            np.concatenate([[0.0], np.cumsum(rewards[b : b + n])[:-1]])
+            for b, n in zip(self.begin, lengths, strict=True)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def chain(
         self,

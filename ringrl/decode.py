@@ -421,7 +421,8 @@ class IncrementalPolicy:
         self.pos += num_new_E
         self.cur_obs = obs_EO
         self._cur_rtg = rtg_E
-        return self.choose(np.asarray(act_EA))
+        self.last_output = np.asarray(act_EA)  # the model's outputs (discrete: logits)
+        return self.choose(self.last_output)
 
     def record(
         self, act_EA: np.ndarray, rew_E: np.ndarray, done_E: np.ndarray, active_E: np.ndarray

@@ -138,7 +138,8 @@ class RecomputePolicy:
         batch = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
         pred_ETA = np.asarray(self._predict(self.state, batch))
         self._obs = np.asarray(obs_EO, np.float32)
-        return self.choose(pred_ETA[np.arange(self.E), last])
+        self.last_output = pred_ETA[np.arange(self.E), last]  # (discrete: logits)
+        return self.choose(self.last_output)
 
     def record(self, act_EA, rew_E, done_E, active_E) -> None:
         for e in np.flatnonzero(active_E):
@@ -352,14 +353,15 @@ def find_run(path: str | Path) -> tuple[Path, int | None]:
     raise FileNotFoundError(f"{path}: neither a run directory (config.yaml) nor a checkpoint")
 
 
-def load_agent(path: str | Path, *, data_path: str | None = None):
+def load_agent(path: str | Path, *, data_path: str | None = None, dataset=None):
     """``(agent, cfg, dataset, step)`` restored from a run directory or checkpoint.
 
     Works from any working directory, and after the run directory moved with its dataset:
     without ``data_path``, the config's dataset path is tried as given, relative to the run
     directory, then the absolute and run-relative paths stored in ``data.json`` at training
     (:func:`ringrl.rundir.resolve_dataset`); none existing is a
-    :class:`ringrl.rundir.DatasetNotFound` naming every path tried.
+    :class:`ringrl.rundir.DatasetNotFound` naming every path tried. ``dataset``: the run's
+    dataset, already loaded (nothing is read then).
     """
     from flax import nnx
 
@@ -368,21 +370,23 @@ def load_agent(path: str | Path, *, data_path: str | None = None):
     from ringrl.data import DatasetError
     from ringrl.parallel import make_mesh
     from ringrl.rundir import DatasetNotFound, read_data_report, resolve_dataset
-    from ringrl.train import _load_episodes, init_state
+    from ringrl.train import init_state, load_episodes
 
     run_dir, step = find_run(path)
     cfg = load_config(run_dir / "config.yaml")
     report = read_data_report(run_dir)
-    if data_path:
+    if dataset is not None:
+        ds = dataset
+    elif data_path:
         cfg.data.path = data_path
-        ds = _load_episodes(cfg)
+        ds = load_episodes(cfg)
     else:
         try:
             cfg.data.path = resolve_dataset(run_dir, cfg.data.path, report)
-            ds = _load_episodes(cfg)
+            ds = load_episodes(cfg)
         except DatasetNotFound as missing:
             try:  # no such file: perhaps a Minari dataset id
-                ds = _load_episodes(cfg)
+                ds = load_episodes(cfg)
             except DatasetError:
                 raise missing from None
     stored = (report.get("obs_dim"), report.get("act_dim"))

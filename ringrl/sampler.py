@@ -88,7 +88,10 @@ class ChainSampler:
         cfg: SamplerConfig,
         seed: int = 0,
         groups: Sequence[Sequence[int]] | None = None,
+        num_actions: int | None = None,
     ):
+        """``num_actions``: the episodes' actions are integers ``[T]``; chains hold them
+        one-hot ``[T, num_actions]`` (the model's discrete input)."""
         if not episodes:
             raise ValueError("the sampler needs at least one episode")
         if cfg.chain not in ("random", "consecutive"):
@@ -97,7 +100,7 @@ class ChainSampler:
         self.cfg = cfg
         self.seed = seed
         self.lengths = np.array([len(ep.rewards) for ep in self.episodes])
-        self.table = EpisodeTable(self.episodes, cfg.success_return)
+        self.table = EpisodeTable(self.episodes, cfg.success_return, num_actions)
         if groups is None:
             groups = [np.arange(len(self.episodes))]
         self.groups = [np.asarray(g, np.int64) for g in groups if len(g)]
@@ -175,7 +178,10 @@ class ChainSampler:
                     idx.append(g[start : start + N])
                 else:
                     p = self.probs[g] / self.probs[g].sum() if cfg.random_window_start else None
-                    idx.append(g[rng.choice(len(g), N, replace=len(g) < N, p=p)])
+                    if p is None and (N == 1 or len(g) < N):  # with replacement: fast
+                        idx.append(g[rng.integers(0, len(g), N)])
+                    else:
+                        idx.append(g[rng.choice(len(g), N, replace=len(g) < N, p=p)])
         T = self.lengths[np.concatenate(idx)]
         hi = T if cfg.random_window_start else np.maximum(T - cfg.steps_per_trajectory, 0) + 1
         starts = np.split(rng.integers(0, hi), np.cumsum([len(i) for i in idx])[:-1])

@@ -169,6 +169,7 @@ def _eval_plan(study: dict, report: dict) -> dict:
         "trials": trials,
         "episodes": K,
         "actions": e.get("actions", "sample"),
+        "decode": e.get("decode", "auto"),
         "task_ids": spread_task_ids(ids, trials),
     }
 
@@ -188,10 +189,11 @@ def train_and_evaluate(study: dict, run_dir: Path, agent: str, N: int, seed: int
     if done is not None and done.get("plan") == plan and done.get("steps") == cfg.train.steps:
         return done
     t0, c0 = time.perf_counter(), _cpu_s()
-    if train(cfg, rdir, progress=False) != 0:
+    ds = _dataset(str(data))
+    if train(cfg, rdir, progress=False, dataset=ds) != 0:
         raise RuntimeError(f"training {rdir} stopped on a non-finite loss")
     train_wall, train_cpu = time.perf_counter() - t0, _cpu_s() - c0
-    agent_obj, cfg, ds, step = load_agent(rdir)
+    agent_obj, cfg, ds, step = load_agent(rdir, dataset=ds)
     t1, c1 = time.perf_counter(), _cpu_s()
     returns, info = run_trials(
         agent_obj,
@@ -203,6 +205,7 @@ def train_and_evaluate(study: dict, run_dir: Path, agent: str, N: int, seed: int
         seed=seed_block(method, seed),
         task_ids=plan["task_ids"],
         actions=plan["actions"],
+        decode=plan["decode"],
     )
     rows = [json.loads(line) for line in (rdir / "metrics.jsonl").read_text().splitlines()]
     tok = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # past the compile
@@ -275,12 +278,17 @@ def evaluate_reference(study: dict, run_dir: Path, kind: str, N: int | None, see
     return result
 
 
-@functools.lru_cache(maxsize=4)
-def _test_ids(path: str) -> list[int] | None:
-    """The held-out task ids stored in the dataset's metadata."""
+@functools.lru_cache(maxsize=1)
+def _dataset(path: str):
+    """The study's dataset, loaded once for all its runs."""
     from ringrl.data import load_dataset
 
-    ids = load_dataset(path).metadata.get("test_task_ids")
+    return load_dataset(path)
+
+
+def _test_ids(path: str) -> list[int] | None:
+    """The held-out task ids stored in the dataset's metadata."""
+    ids = _dataset(path).metadata.get("test_task_ids")
     return None if ids is None else [int(i) for i in np.asarray(ids).reshape(-1)]
 
 
@@ -457,10 +465,10 @@ def summary_lines(result: dict) -> list[str]:
     lines = [f"{result['task']} ({len(result['seeds'])} seeds, 95% CI over seeds):"]
     for name, metrics in result["results"].items():
         for N in sorted(metrics["mean_return"], key=int):
-            parts = [f"{m} {describe(metrics[m][N])}" for m in ("mean_return", "final_return")]
+            parts = [f"{m} {describe(metrics[m][N], 3)}" for m in ("mean_return", "final_return")]
             lines.append(f"  {name:>6} N={N:>4}: " + ", ".join(parts))
     for kind, level in result["levels"].items():
-        lines.append(f"  {kind:>6}       : mean_return {describe(level['mean_return'])}")
+        lines.append(f"  {kind:>6}       : mean_return {describe(level['mean_return'], 3)}")
     return lines
 
 

@@ -129,8 +129,9 @@ def overlap(ci_a: Sequence[float] | dict, ci_b: Sequence[float] | dict) -> bool:
     return lo_a <= hi_b and lo_b <= hi_a
 
 
-def describe(ci: dict) -> str:
-    """``"123.4 [110.2, 140.0]"``: the mean (or ``diff``) and its interval, one decimal."""
+def describe(ci: dict, digits: int = 1) -> str:
+    """``"123.4 [110.2, 140.0]"``: the mean (or ``diff``) and its interval, ``digits``
+    decimals."""
     centre = ci["mean"] if "mean" in ci else ci["diff"]
     lo, hi = _bounds(ci)
-    return f"{centre:.1f} [{lo:.1f}, {hi:.1f}]"
+    return f"{centre:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from agents import BC, AgenticTransformer, AlgorithmDistillation, DecisionTransformer
-from agents.agentic import AgentConfig, one_hot
+from agents.agentic import AgentConfig
 from ringrl.config import Config, ConfigError, add_override_argument, load_config
 from ringrl.context import completion_level, data_scales, has_visible_completion
 from ringrl.model import TransformerConfig
@@ -93,16 +93,6 @@ def sampler_config(
         order="played" if cfg.agent.kind == "ad" else "sorted",
         chain="consecutive" if cfg.agent.kind == "ad" else "random",
     )
-
-
-def model_episodes(ds) -> list:
-    """The dataset's episodes as the model reads them: discrete actions one-hot ``[T, A]``."""
-    if not ds.discrete:
-        return list(ds.episodes)
-    from ringrl.context import Steps
-
-    A = ds.num_actions
-    return [Steps(ep.observations, one_hot(ep.actions, A), ep.rewards) for ep in ds.episodes]
 
 
 def chain_groups(cfg: Config, ds) -> list | None:
@@ -202,22 +192,22 @@ def device_batch(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Arra
 # ---- the training loop --------------------------------------------------------------------------
 
 
-def _load_episodes(cfg: Config):
-    from ringrl.data import load_dataset
+def load_episodes(cfg: Config):
+    """The dataset of ``cfg.data`` (see :func:`ringrl.data.load_training_data`)."""
+    from ringrl.data import load_training_data
 
-    ds = load_dataset(cfg.data.path, format=cfg.data.format, task=cfg.data.task)
-    if cfg.data.top_fraction < 1.0:
-        ds = ds.filter_top(cfg.data.top_fraction)
-    return ds
+    d = cfg.data
+    return load_training_data(d.path, format=d.format, task=d.task, top_fraction=d.top_fraction)
 
 
-def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
+def train(cfg: Config, run_dir: str | Path, *, progress: bool = True, dataset=None) -> int:
     """Train (or resume) ``cfg`` in ``run_dir``; 0 on success, 1 on a non-finite loss.
 
     Refused before anything in ``run_dir`` changes: :class:`ringrl.rundir.ConfigMismatch` when
     ``run_dir`` holds a run of another config, :class:`ringrl.rundir.RunDirLocked` while another
     trainer holds the run directory's lock, :class:`DatasetMismatch` when the dataset does not
-    fit its task's environment.
+    fit its task's environment. ``dataset``: ``cfg.data``'s dataset, already loaded (a study
+    that trains many runs on one dataset loads it once).
     """
     from ringrl.rundir import RunDirLock, check_resumable
 
@@ -227,16 +217,16 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool = True) -> int:
     index = jax.process_index()  # one lock per process of a multi-host run
     with RunDirLock(run_dir, ".lock" if index == 0 else f".lock.{index}"):
         check_resumable(run_dir, cfg)  # again, now that no other trainer can write it
-        return _train_locked(cfg, run_dir, progress)
+        return _train_locked(cfg, run_dir, progress, dataset)
 
 
-def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
+def _train_locked(cfg: Config, run_dir: Path, progress: bool, dataset=None) -> int:
     from ringrl.checkpoint import Checkpointer
     from ringrl.metrics import MetricsLogger
     from ringrl.rundir import write_config
 
     t = cfg.train
-    ds = _load_episodes(cfg)
+    ds = dataset if dataset is not None else load_episodes(cfg)
     check_task_spaces(cfg, ds)
     mesh = make_mesh(t.mesh_data, t.mesh_seq)
     if t.batch_size % mesh.shape["data"]:
@@ -249,7 +239,10 @@ def _train_locked(cfg: Config, run_dir: Path, progress: bool) -> int:
     )
     acfg = agent_config(cfg, ds.obs_dim, ds.act_dim, ds.discrete)
     scfg = sampler_config(cfg, acfg, mesh, stats["success_return"])
-    sampler = ChainSampler(model_episodes(ds), scfg, seed=t.seed, groups=chain_groups(cfg, ds))
+    groups = chain_groups(cfg, ds)
+    sampler = ChainSampler(
+        ds.episodes, scfg, seed=t.seed, groups=groups, num_actions=ds.num_actions
+    )
     _write_data_report(run_dir, cfg, ds, stats, sampler)
 
     ckpt = Checkpointer(run_dir / "checkpoints", keep=t.keep_checkpoints)

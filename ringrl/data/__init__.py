@@ -37,6 +37,7 @@ __all__ = [
     "load_dataset",
     "load_exorl",
     "load_minari",
+    "load_training_data",
     "save_d4rl",
 ]
 
@@ -102,3 +103,15 @@ def load_dataset(
             f"{path}: Minari datasets carry no physics states to relabel for task {task!r}"
         )
     return load_minari(path)
+
+
+def load_training_data(
+    path: str | os.PathLike,
+    format: str = "auto",
+    task: str | None = None,
+    top_fraction: float = 1.0,
+) -> EpisodeDataset:
+    """A training config's dataset (its ``data`` section): :func:`load_dataset`, then, for
+    filtered BC, only the top ``top_fraction`` of the episodes by return."""
+    ds = load_dataset(path, format=format, task=task)
+    return ds.filter_top(top_fraction) if top_fraction < 1.0 else ds
