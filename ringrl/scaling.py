@@ -429,7 +429,8 @@ def run_study(study: dict, run_dir: str | Path, *, progress: bool = True) -> dic
         raise StudyError(f"N must be positive integers, got {study['n']}")
     t0, c0 = time.perf_counter(), _cpu_s()
     ensure_data(study, run_dir)
-    jobs = [(a, N, s) for a in study["agents"] for N in ns for s in study["seeds"]]
+    # seed by seed: a study stopped early has every (agent, N) at its first seeds
+    jobs = [(a, N, s) for s in study["seeds"] for a in study["agents"] for N in ns]
     refs_todo = [("oracle", N, s) for N in ns for s in study["seeds"]]
     refs_todo += [(k, None, s) for k in ("source", "random") for s in study["seeds"]]
     bar = tqdm(total=len(jobs) + len(refs_todo), desc="scaling", unit="run", disable=not progress)
@@ -470,6 +471,27 @@ def summary_lines(result: dict) -> list[str]:
     for kind, level in result["levels"].items():
         lines.append(f"  {kind:>6}       : mean_return {describe(level['mean_return'], 3)}")
     return lines
+
+
+def markdown_table(result: dict, metrics: tuple[str, ...] = ("mean_return", "final_return")) -> str:
+    """The study as a markdown table: one row per agent and N, mean [95% CI] over seeds."""
+    from ringrl.stats import describe
+
+    head = "| agent | N | " + " | ".join(metrics) + " | train tokens/s |"
+    lines = [head, "|" + "---|" * (len(metrics) + 3)]
+    for name, by_metric in result["results"].items():
+        for N in sorted(by_metric[metrics[0]], key=int):
+            cells = [describe(by_metric[m][N], 3) for m in metrics]
+            tok = result.get("train_tokens_per_s", {}).get(name, {}).get(N)
+            lines.append(
+                f"| {name} | {N} | "
+                + " | ".join(cells)
+                + f" | {'' if tok is None else f'{tok:,.0f}'} |"
+            )
+    for kind, level in result.get("levels", {}).items():
+        cells = [describe(level[m], 3) for m in metrics]
+        lines.append(f"| {kind} | - | " + " | ".join(cells) + " | |")
+    return "\n".join(lines)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

@@ -59,6 +59,26 @@ def test_episode_table_chain_equals_build_chain(order, window):
             np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
+def test_episode_table_of_skewed_lengths_equals_build_chain():
+    """One long episode among many short ones: the prefix sums take the per-episode loop."""
+    rng = np.random.default_rng(8)
+    eps = random_episodes(40, rng, max_len=2)
+    T = 300
+    eps.append(
+        Steps(
+            rng.normal(size=(T, OBS)).astype(np.float32),
+            rng.normal(size=(T, A)).astype(np.float32),
+            rng.normal(size=T).astype(np.float32),
+        )
+    )
+    table = EpisodeTable(eps, success_return=0.0)
+    idx = [40, 3, 7]
+    want = build_chain([eps[i] for i in idx], success_return=0.0)
+    got = table.chain(idx)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
 def test_episode_table_batch_equals_padded_chains():
     rng = np.random.default_rng(1)
     eps = random_episodes(20, rng)
