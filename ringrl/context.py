@@ -132,48 +132,71 @@ def build_chain(
     running: EpisodeLike | None = None,
     starts: Sequence[int] | None = None,
     window: int | None = None,
+    memo: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """The (unpadded) per-step arrays of completed ``episodes`` then the ``running`` one.
 
     ``target``: the return every episode is relabelled to (None: the best return among the
     completed episodes, the hindsight target of training). ``starts``/``window``: train on the
     steps ``[start, start + window)`` of each completed episode (random windows of DT/BC);
-    return-to-go and timesteps stay those of the whole episode.
+    return-to-go and timesteps stay those of the whole episode. ``memo``: a dict kept across
+    calls on the same completed episodes (an acting policy's trial): each episode's arrays are
+    prepared once (the result is the same with or without it).
     """
     if order not in ORDERS:
         raise ValueError(f"context order must be one of {ORDERS}, got {order!r}")
-    returns = [episode_return(ep) for ep in episodes]
+    starts = [0] * len(episodes) if starts is None else list(starts)
+    prepared = [
+        _prepared(ep, start, window, success_return, memo)
+        for ep, start in zip(episodes, starts, strict=True)
+    ]
+    returns = [p["return"] for p in prepared]
     if target is None:
         target = max(returns, default=0.0)
-    idx = ContextRule(1, 0, order).arrange(episodes) if episodes else []
-    starts = [0] * len(episodes) if starts is None else list(starts)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in STEP_KEYS}
-    pieces = [(episodes[j], starts[j], is_completed(returns[j], success_return)) for j in idx]
+    idx = list(range(len(episodes)))
+    if order == "sorted":
+        idx = [int(i) for i in np.argsort(returns, kind="stable")]
+    pieces = [prepared[j] for j in idx]
     if running is not None:
-        pieces.append((running, 0, False))
-    for ep, start, completed in pieces:
-        _append_episode(parts, ep, start, window, target, completed)
+        pieces.append(_prepared(running, 0, None, float("inf"), None))
     if not pieces:
         raise ValueError("a chain needs at least one episode")
-    chain = {k: np.concatenate(v) for k, v in parts.items()}
+    chain = {k: np.concatenate([p[k] for p in pieces]) for k in (*STEP_KEYS[:3], "collected")}
+    chain["returns_to_go"] = (target - chain.pop("collected")).astype(np.float32)
+    chain["completions"] = np.concatenate([p["completions"] for p in pieces])
+    chain["timesteps"] = np.concatenate([p["timesteps"] for p in pieces])
     chain["mask"] = np.ones(len(chain["rewards"]), np.float32)
-    return chain
+    return {k: chain[k] for k in (*STEP_KEYS, "mask")}
 
 
-def _append_episode(parts, ep, start: int, window: int | None, target: float, completed: bool):
+def _prepared(ep, start: int, window: int | None, success_return: float, memo) -> dict:
+    """One episode's steps ``[start, start + window)`` ready to concatenate: observations,
+    actions, rewards, reward collected before each step (float64), completion flags (on the
+    last step, at ``success_return``), timesteps; and the episode's return."""
+    key = (id(ep), start, window, success_return)
+    if memo is not None and key in memo and memo[key]["episode"] is ep:
+        return memo[key]
     T = len(ep.rewards)
     stop = T if window is None else min(T, start + window)
     rewards = np.asarray(ep.rewards, np.float32)
     collected = np.concatenate([[0.0], np.cumsum(rewards, dtype=np.float64)[:-1]])
+    ret = episode_return(ep)
     completion = np.zeros(T, np.float32)
-    completion[-1] = float(completed)
+    completion[-1] = float(is_completed(ret, success_return))
     sl = slice(start, stop)
-    parts["observations"].append(np.asarray(ep.observations, np.float32)[sl])
-    parts["actions"].append(np.asarray(ep.actions, np.float32).reshape(T, -1)[sl])
-    parts["rewards"].append(rewards[sl])
-    parts["returns_to_go"].append((target - collected[sl]).astype(np.float32))
-    parts["completions"].append(completion[sl])
-    parts["timesteps"].append(np.arange(start, stop, dtype=np.int32))
+    out = {
+        "episode": ep,
+        "return": ret,
+        "observations": np.asarray(ep.observations, np.float32)[sl],
+        "actions": np.asarray(ep.actions, np.float32).reshape(T, -1)[sl],
+        "rewards": rewards[sl],
+        "collected": collected[sl],
+        "completions": completion[sl],
+        "timesteps": np.arange(start, stop, dtype=np.int32),
+    }
+    if memo is not None:
+        memo[key] = out
+    return out
 
 
 class EpisodeTable:
@@ -318,12 +341,17 @@ class EpisodeTable:
 
 
 def acting_chain(
-    previous: Sequence[EpisodeLike], running: EpisodeLike, rule: ContextRule, target: float
+    previous: Sequence[EpisodeLike],
+    running: EpisodeLike,
+    rule: ContextRule,
+    target: float,
+    memo: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
     """``(chain, first)``: the context for the running episode's current step.
 
     ``previous`` are the trial's completed episodes (oldest first); ``first`` is the index of the
-    oldest one kept. The chain's last step is the current one.
+    oldest one kept. The chain's last step is the current one. ``memo``: see
+    :func:`build_chain` (a policy keeps one per trial).
     """
     first = rule.first_kept([len(ep.rewards) for ep in previous])
     chain = build_chain(
@@ -332,6 +360,7 @@ def acting_chain(
         success_return=rule.success_return,
         order=rule.order,
         running=running,
+        memo=memo,
     )
     if len(chain["mask"]) > rule.context_steps:  # only the running episode is left: a window
         chain = {k: v[-rule.context_steps :] for k, v in chain.items()}

@@ -114,6 +114,7 @@ class RecomputePolicy:
         shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
         self.T = padded_steps(c.context_steps, c.step_tokens, m.block_size, shards, ring)
         self.histories = [TrialHistory() for _ in range(num_envs)]
+        self.memos: list[dict] = [{} for _ in range(num_envs)]  # prepared episodes per trial
         graphdef, self.state = nnx.split(agent)
         self._predict = jax.jit(
             lambda state, batch: nnx.merge(graphdef, state)(batch, mesh=mesh, deterministic=True)
@@ -124,6 +125,7 @@ class RecomputePolicy:
 
         for e in np.flatnonzero(rows):
             self.histories[e] = TrialHistory()
+            self.memos[e] = {}
 
     def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
         from ringrl.context import acting_chain, pad_chain
@@ -132,7 +134,7 @@ class RecomputePolicy:
         for e in range(self.E):
             h = self.histories[e]
             running = h.partial(obs_EO[e], self.agent.cfg.act_dim)
-            chain, _ = acting_chain(h.episodes, running, self.rule, self.target)
+            chain, _ = acting_chain(h.episodes, running, self.rule, self.target, self.memos[e])
             chains.append(pad_chain(chain, self.T))
             last.append(len(chain["mask"]) - 1)
         batch = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
