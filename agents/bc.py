@@ -15,7 +15,5 @@ from agents.agentic import AgentConfig, AgenticTransformer
 class BC(AgenticTransformer):
     """Return-free policy; forces ``use_returns=False``."""
 
-    CONTEXT_STEPS = 20
-
     def __init__(self, cfg: AgentConfig, *args, **kwargs):
         super().__init__(dataclasses.replace(cfg, use_returns=False), *args, **kwargs)

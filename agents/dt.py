@@ -12,5 +12,3 @@ from agents.agentic import AgenticTransformer
 
 class DecisionTransformer(AgenticTransformer):
     """Return-conditioned policy over a window of one episode (same model and token layout)."""
-
-    CONTEXT_STEPS = 20  # DT paper, MuJoCo / D4RL

@@ -41,9 +41,8 @@ BANDIT_ARMS = 10
 BANDIT_TASKS = 10_000
 DARKROOM_HORIZON = 20
 
-#: Dark Room actions, in order: (dx, dy) of each.
+#: Dark Room actions, in order (stay, up, down, left, right): (dx, dy) of each.
 DARKROOM_MOVES: tuple[tuple[int, int], ...] = ((0, 0), (0, -1), (0, 1), (-1, 0), (1, 0))
-DARKROOM_ACTION_NAMES: tuple[str, ...] = ("stay", "up", "down", "left", "right")
 
 
 def bandit_arm_probs(task_id: int, num_arms: int = BANDIT_ARMS) -> np.ndarray:

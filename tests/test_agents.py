@@ -42,7 +42,7 @@ def episodes(n=6, seed=0):
 def make_agent(cls=AgenticTransformer, tokens_per_step=4, attention="vanilla", layers=2, **kw):
     cfg = AgentConfig(OBS, ACT, tokens_per_step=tokens_per_step, max_timestep=16, **kw)
     mcfg = TransformerConfig(
-        num_layers=2,
+        num_layers=layers,
         d_model=32,
         num_heads=4,
         num_kv_heads=2,

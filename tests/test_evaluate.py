@@ -1,27 +1,69 @@
-"""ringrl eval: AT protocol over a vector env, KV cache == recompute, eval.json, DT via the CLI."""
+"""ringrl quickstart --tiny, then ringrl eval on its runs: AT protocol over a vector env, KV
+cache == recompute, eval.json, DT via the CLI.
 
+The quickstart's tiny runs (its dataset, AT with N = 2 and DT, 3 steps each) are the runs these
+tests evaluate, so the suite collects and trains them once.
+"""
+
+import contextlib
+import io
 import json
 
 import numpy as np
 import pytest
 
+from ringrl.cli import main
 from ringrl.evaluate import SEED_STRIDE, RandomPolicy, evaluate, rollout, seed_block
-from ringrl.quickstart import TINY, at_overrides, collect, dt_overrides, train_run
+from ringrl.quickstart import TINY, at_overrides, train_run
 
 TASK = TINY.task  # Reacher-v5: 50-step episodes
 
 
+QUICKSTART_FILES = (
+    "summary.json",
+    "curve.png",
+    "at/eval.json",
+    "dt/eval.json",
+    "at/eval_curve.png",
+)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny dataset and tiny AT (N = 2, 1-token and 4-token layouts) and DT runs, 3 steps."""
-    root = tmp_path_factory.mktemp("runs")
-    data = collect(TINY, root)
-    train_run(at_overrides(TINY, data, 50), root / "at", "at")
+def quickstart(tmp_path_factory):
+    """``ringrl quickstart --tiny`` into a fresh directory: the directory, what it printed, and
+    the size of each file it wrote (before any test evaluates its runs again)."""
+    root = tmp_path_factory.mktemp("quickstart")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["quickstart", "--tiny", "--run-dir", str(root)]) == 0
+    sizes = {f: (root / f).stat().st_size for f in QUICKSTART_FILES if (root / f).exists()}
+    return root, out.getvalue(), sizes
+
+
+@pytest.fixture(scope="module")
+def runs(quickstart):
+    """The quickstart's dataset, AT (N = 2, 1-token layout) and DT runs, and an AT run with the
+    4-token layout that evaluates during training."""
+    root = quickstart[0]
+    data = root / f"{TASK}-{TINY.collect_policy}-{TINY.collect_steps}.hdf5"
+    assert data.exists() and (root / "at").is_dir() and (root / "dt").is_dir()
     four = [*at_overrides(TINY, data, 50), "agent.tokens_per_step=4", "name=at4"]
     four += ["train.eval_every=3", "train.eval_trials=1", "train.eval_episodes=2"]
     train_run(four, root / "at4", "at4")
-    train_run(dt_overrides(TINY, data, 50), root / "dt", "dt")
     return root
+
+
+def test_quickstart_tiny(quickstart):
+    """Every stage runs and writes its table, summary and plots."""
+    root, out, sizes = quickstart
+    assert "AT in-context curve" in out and "DT (2 trials x 2 episodes)" in out
+    assert "95% bootstrap interval over trials" in out
+    s = json.loads((root / "summary.json").read_text())
+    assert len(s["at_curve"]) == 4 and s["task"] == "Reacher-v5"  # 2N episodes
+    lo, hi = s["at"]["final_return"][1:]
+    assert lo <= s["at"]["final_return"][0] <= hi
+    for f in QUICKSTART_FILES:
+        assert sizes.get(f, 0) > 0, f
 
 
 def test_training_evaluates_into_metrics_and_a_plot(runs):
@@ -43,6 +85,8 @@ def test_rollout_fixed_quota_and_seeded():
 
 
 def test_eval_at_in_context_writes_json_and_plot(runs):
+    for name in ("eval.json", "eval_curve.png"):  # the quickstart's evaluation wrote them
+        (runs / "at" / name).unlink(missing_ok=True)
     r = evaluate(runs / "at", trials=3, num_envs=2)
     assert r["decode"] == "cache" and r["episodes"] == 4  # default K = 2N for AT
     saved = json.loads((runs / "at" / "eval.json").read_text())
@@ -113,8 +157,7 @@ def test_eval_sharded_cache_equals_unsharded(runs, tmp_path):
 
 
 def test_eval_dt_through_cli(runs, capsys):
-    from ringrl.cli import main
-
+    (runs / "dt" / "eval.json").unlink(missing_ok=True)  # the quickstart's evaluation wrote it
     ckpt = next((runs / "dt" / "checkpoints").glob("[0-9]*"))
     argv = ["eval", str(ckpt), "--trials", "2", "--envs", "2", "--no-progress"]
     assert main(argv) == 0
