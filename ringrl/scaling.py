@@ -327,6 +327,7 @@ def aggregate(study: dict, runs: list[dict], refs: list[dict], cost: dict) -> di
                 continue
             for m in METRICS:
                 results[name][m][str(N)] = _entry([r[m] for r in at_n])
+                results[name][m][str(N)]["seeds"] = [int(r["seed"]) for r in at_n]
             if "returns" in at_n[0]:
                 per_ep = np.mean([np.mean(r["returns"], 0) for r in at_n], 0)
             else:
@@ -418,8 +419,13 @@ def plot(result: dict, path: Path) -> None:
 # ---- the whole study -------------------------------------------------------------------------
 
 
-def run_study(study: dict, run_dir: str | Path, *, progress: bool = True) -> dict:
-    """Train, evaluate and aggregate ``study`` in ``run_dir``; writes scaling.json / .png."""
+def run_study(
+    study: dict, run_dir: str | Path, *, progress: bool = True, new_runs: bool = True
+) -> dict:
+    """Train, evaluate and aggregate ``study`` in ``run_dir``; writes scaling.json / .png.
+
+    ``new_runs=False``: aggregate the finished runs only (nothing is trained or evaluated but
+    the references); scaling.json then lists, per agent and N, the seeds it holds."""
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -438,7 +444,9 @@ def run_study(study: dict, run_dir: str | Path, *, progress: bool = True) -> dic
     for agent, N, seed in jobs:
         bar.set_postfix_str(f"{agent} N={N} seed {seed}")
         method = 10 * study["agents"].index(agent) + ns.index(N)
-        runs.append(train_and_evaluate(study, run_dir, agent, N, seed, method))
+        done = run_dir / "runs" / f"{agent}_n{N}" / f"seed{seed}" / "scaling_eval.json"
+        if new_runs or done.exists():
+            runs.append(train_and_evaluate(study, run_dir, agent, N, seed, method))
         bar.update(1)
     for kind, N, seed in refs_todo:
         bar.set_postfix_str(f"{kind} N={N} seed {seed}")
@@ -520,6 +528,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", required=True, help="study directory (resumable): scaling.json, scaling.png"
     )
+    parser.add_argument(
+        "--no-new-runs",
+        action="store_true",
+        help="aggregate the finished runs only (train and evaluate nothing new)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -534,7 +547,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(study["agents"]) - {"ad", "at", "dt", "bc"}
     if unknown:
         raise StudyError(f"--agents: unknown {sorted(unknown)}; known: ad, at, dt, bc")
-    result = run_study(study, args.run_dir, progress=not args.no_progress)
+    result = run_study(
+        study, args.run_dir, progress=not args.no_progress, new_runs=not args.no_new_runs
+    )
     print("\n".join(summary_lines(result)))
     print(f"wrote {Path(args.run_dir) / 'scaling.json'} and scaling.png")
     return 0

@@ -90,6 +90,10 @@ def test_a_finished_study_is_reused_not_redone(study):
     again = run_study(s, run_dir, progress=False)
     assert [p.stat().st_mtime_ns for p in evals] == before
     assert again["results"] == result["results"]
+    bigger = {**s, "seeds": [0, 7]}  # seed 7 never ran: aggregated without it, nothing trained
+    partial = run_study(bigger, run_dir, progress=False, new_runs=False)
+    assert partial["results"]["ad"]["mean_return"]["2"]["seeds"] == [0]
+    assert not (run_dir / "runs" / "ad_n2" / "seed7").exists()
 
 
 def test_equal_training_tokens_for_every_n():
