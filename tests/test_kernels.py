@@ -13,7 +13,7 @@ from test_ops import assert_matches_reference, output_and_grads, rel_err
 
 from ringrl import backend
 from ringrl.ops import attention, blockwise_attention, get_kernel, ring_step_counts
-from ringrl.ops.kernels import Chunk, PallasKernel, Side, XlaKernel, merge
+from ringrl.ops.kernels import PallasKernel, Side, XlaKernel, merge
 from ringrl.parallel import make_mesh
 
 B, L, D = 2, 64, 16
@@ -122,39 +122,52 @@ def _chunk_reference(q, k, v, ct, q_side, k_side, causal):
 def test_kernel_chunk_with_global_positions_matches_float64(kernel):
     q, k, v, ct, q_side, k_side = _chunk_case()
     ref_out, ref_lse, ref_grads = _chunk_reference(q, k, v, ct, q_side, k_side, True)
-    chunk = jax.jit(lambda q, k, v: kernel.forward(q, k, v, q_side, k_side, causal=True, block=16))(
-        q, k, v
-    )
-    assert rel_err(chunk.out_BQHD, ref_out) <= 1e-5
-    finite = np.isfinite(ref_lse)
-    assert np.all(np.asarray(chunk.lse_BHQ)[~finite] == -np.inf)  # rows with nothing visible
-    np.testing.assert_allclose(np.asarray(chunk.lse_BHQ)[finite], ref_lse[finite], rtol=1e-5)
-    # the global out/lse of this one chunk are its own: the backward then gives its gradients
-    grads = jax.jit(
-        lambda q, k, v, out, lse, ct: kernel.backward(
-            q, k, v, out, lse, ct, q_side, k_side, causal=True, block=16
+
+    @jax.jit
+    def run(q, k, v, ct):
+        q_k = kernel.prepare(q, k.shape[2])
+        chunk = kernel.forward(q_k, k, v, q_side, k_side, causal=True, block=16)
+        out, lse = kernel.finish(chunk)
+        # the global out/lse of this one chunk are its own: the backward gives its gradients
+        grads = kernel.backward(
+            q_k, k, v, out, chunk.lse, ct, q_side, k_side, causal=True, block=16
         )
-    )(q, k, v, chunk.out_BQHD, chunk.lse_BHQ, ct)
+        return out, lse, grads
+
+    out, lse, grads = run(q, k, v, ct)
+    assert rel_err(out, ref_out) <= 1e-5
+    finite = np.isfinite(ref_lse)
+    assert not finite.all()  # the case has rows that see nothing in this chunk
+    assert np.all(np.asarray(lse)[~finite] == -np.inf)
+    np.testing.assert_allclose(np.asarray(lse)[finite], ref_lse[finite], rtol=1e-5)
     for name, g, ref in zip("qkv", grads, ref_grads, strict=True):
         assert g.dtype == jnp.float32
         assert rel_err(g, ref) <= 1e-5, f"d{name}: {rel_err(g, ref)}"
 
 
-def test_merge_of_two_halves_equals_the_whole_and_keeps_empty_rows_empty():
+@pytest.mark.parametrize("kernel", [XlaKernel(), PALLAS], ids=["xla", "pallas"])
+def test_merge_of_two_halves_equals_the_whole_and_keeps_empty_rows_empty(kernel):
     q, k, v, _, q_side, k_side = _chunk_case(6)
-    fwd = lambda k, v, side: XlaKernel().forward(q, k, v, q_side, side, causal=True, block=16)  # noqa: E731
-    whole = fwd(k, v, k_side)
-    halves = [
-        fwd(k[:, s], v[:, s], Side(k_side.pos_L[s], k_side.seg_BL[:, s]))
-        for s in (slice(0, 16), slice(16, 32))
-    ]
-    merged = merge(*halves)
-    np.testing.assert_allclose(np.asarray(merged.out_BQHD), np.asarray(whole.out_BQHD), atol=1e-6)
-    empty = np.asarray(whole.lse_BHQ) == -np.inf
+    halves = [slice(0, 16), slice(16, 32)]
+
+    @jax.jit
+    def run(q, k, v):
+        q_k = kernel.prepare(q, k.shape[2])
+        fwd = lambda s, acc=None: kernel.forward(  # noqa: E731
+            q_k, k[:, s], v[:, s], q_side, Side(k_side.pos_L[s], k_side.seg_BL[:, s]),
+            causal=True, block=16, acc=acc,
+        )  # fmt: skip
+        whole = fwd(slice(0, 32))
+        first, second = (fwd(s) for s in halves)
+        return whole, merge(first, second), fwd(halves[1], acc=first)
+
+    whole, merged, continued = run(q, k, v)
+    empty = np.asarray(whole.lse) == -np.inf
     assert empty.any()
-    assert np.all(np.asarray(merged.lse_BHQ)[empty] == -np.inf)
-    assert not np.any(np.isnan(np.asarray(merged.out_BQHD)))
-    assert isinstance(merged, Chunk)
+    for got in (merged, continued):
+        np.testing.assert_allclose(np.asarray(got.out), np.asarray(whole.out), atol=1e-6)
+        assert np.all(np.asarray(got.lse)[empty] == -np.inf)
+        assert not np.any(np.isnan(np.asarray(got.out)))
 
 
 @pytest.mark.parametrize("devices", [1, 2, 4])

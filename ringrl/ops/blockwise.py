@@ -42,17 +42,18 @@ def _blockwise(q, k, v, segment_ids, causal, block_size, kernel):
 def _blockwise_fwd(q, k, v, segment_ids, causal, block_size, kernel: Kernel):
     b = effective_block(q.shape[1], block_size)
     side = _side(segment_ids)
-    chunk = kernel.forward(q, k, v, side, side, causal=causal, block=b)
-    out = chunk.out_BQHD.astype(q.dtype)
-    return out, (q, k, v, segment_ids, out, chunk.lse_BHQ)
+    q_k = kernel.prepare(q, k.shape[2])
+    chunk = kernel.forward(q_k, k, v, side, side, causal=causal, block=b)
+    out = kernel.finish(chunk)[0].astype(q.dtype)
+    return out, (q_k, k, v, segment_ids, out, chunk.lse)
 
 
 def _blockwise_bwd(causal, block_size, kernel: Kernel, res, do):
-    q, k, v, segment_ids, out, lse = res
-    b = effective_block(q.shape[1], block_size)
+    q_k, k, v, segment_ids, out, lse = res  # q_k: the kernel's prepared queries
+    b = effective_block(do.shape[1], block_size)
     side = _side(segment_ids)
-    dq, dk, dv = kernel.backward(q, k, v, out, lse, do, side, side, causal=causal, block=b)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    dq, dk, dv = kernel.backward(q_k, k, v, out, lse, do, side, side, causal=causal, block=b)
+    return dq.astype(do.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -40,7 +40,7 @@ from jax import Array
 
 from ringrl.backend import Tuning
 from ringrl.ops.blockwise import _get, _put, effective_block
-from ringrl.ops.kernels import Chunk, Kernel, Side, empty_chunk, get_kernel, merge
+from ringrl.ops.kernels import Chunk, Kernel, Side, empty_chunk, get_kernel
 from ringrl.ops.kernels.xla import filled
 from ringrl.ops.reference import segments_or_zeros
 
@@ -85,10 +85,10 @@ class _Plan(NamedTuple):
     q_side: Side
 
 
-def _plan(q, k, seg, axis_name, block_size, layout, tuning: Tuning) -> _Plan:
+def _plan(k, seg, axis_name, block_size, layout, tuning: Tuning) -> _Plan:
     R = jax.lax.axis_size(axis_name)
     r = jax.lax.axis_index(axis_name)
-    C = q.shape[1]
+    C = k.shape[1]
     b = effective_block(C // 2 if layout == "zigzag" else C, block_size)
     group = b * pass_blocks(k, b, tuning.pass_bytes)
     return _Plan(R, r, C, b, group, Side(layout_positions(layout, r, R, C), seg))
@@ -102,10 +102,12 @@ def _groups(plan: _Plan, layout: str, step, kv):
 
 def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout, kernel: Kernel):
     """Runs the R ring steps (token-major shards); the key/value shards travel a group of
-    blocks at a time. Returns (merged chunk, tile pairs computed per step ``[R]``)."""
-    plan = _plan(q, k, segment_ids, axis_name, block_size, layout, kernel.tuning)
-    B, C, H, D = q.shape
+    blocks at a time. Returns (merged chunk, tile pairs computed per step ``[R]``, the
+    kernel's prepared queries)."""
+    plan = _plan(k, segment_ids, axis_name, block_size, layout, kernel.tuning)
+    C = q.shape[1]
     late = kernel.tuning.late_buffers
+    q_k = kernel.prepare(q, k.shape[2])  # once per call, not per ring step
 
     def ring_step(acc: Chunk, kv, step, pass_on):
         group_of = _groups(plan, layout, step, kv)
@@ -115,10 +117,11 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout, k
             k_pos, held = group_of(g)
             arrived = None if pass_on is None else pass_on(held)  # before compute
             k_g, v_g, seg_g = held
+            k_side = Side(k_pos, seg_g)
             chunk = kernel.forward(
-                q, k_g, v_g, plan.q_side, Side(k_pos, seg_g), causal=causal, block=plan.block
-            )
-            acc = merge(acc, chunk)
+                q_k, k_g, v_g, plan.q_side, k_side, causal=causal, block=plan.block, acc=acc
+            )  # = merge(acc, this group's chunk), in place where the kernel can
+            acc = chunk
             if arrived is not None:
                 kv = tuple(_put(x, y, g, plan.group, 1) for x, y in zip(kv, arrived, strict=True))
             return acc, kv, pairs + chunk.pairs
@@ -129,14 +132,11 @@ def _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout, k
         acc, kv, pairs = ring_step(*state, step, _pass_on(axis_name, plan.R))
         return (acc, kv), pairs
 
-    acc = empty_chunk(
-        filled(q, (B, C, H, D), 0.0, jnp.float32, late),
-        filled(q, (B, H, C), -jnp.inf, jnp.float32, late),
-    )
+    acc = empty_chunk(q_k, late)
     kv = (k, v, segment_ids)
     (acc, kv), counts = jax.lax.scan(step_fn, (acc, kv), jnp.arange(plan.R - 1))
     acc, _, last = ring_step(acc, kv, plan.R - 1, None)  # the last shard goes nowhere
-    return acc, jnp.concatenate([counts, last[None]])
+    return acc, jnp.concatenate([counts, last[None]]), q_k
 
 
 def _pass_on(axis_name: str, num_shards: int):
@@ -177,14 +177,14 @@ def _ring(q, k, v, segment_ids, axis_name, causal, block_size, layout, kernel):
 
 
 def _ring_fwd(q, k, v, segment_ids, axis_name, causal, block_size, layout, kernel):
-    acc, _ = _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout, kernel)
-    out = acc.out_BQHD.astype(q.dtype)
-    return out, (q, k, v, segment_ids, out, acc.lse_BHQ)
+    acc, _, q_k = _ring_forward(q, k, v, segment_ids, axis_name, causal, block_size, layout, kernel)
+    out = kernel.finish(acc)[0].astype(q.dtype)
+    return out, (q_k, k, v, segment_ids, out, acc.lse)
 
 
 def _ring_bwd(axis_name, causal, block_size, layout, kernel: Kernel, res, do):
-    q, k, v, segment_ids, out, lse = res
-    plan = _plan(q, k, segment_ids, axis_name, block_size, layout, kernel.tuning)
+    q_k, k, v, segment_ids, out, lse = res  # q_k: the kernel's prepared queries
+    plan = _plan(k, segment_ids, axis_name, block_size, layout, kernel.tuning)
     pass_on = _pass_on(axis_name, plan.R)
 
     def ring_step(grads, kv, step, pass_kv):
@@ -196,7 +196,7 @@ def _ring_bwd(axis_name, causal, block_size, layout, kernel: Kernel, res, do):
             arrived = None if pass_kv is None else pass_kv(held)  # before compute
             k_g, v_g, seg_g = held
             dq, dk_g, dv_g = kernel.backward(
-                q,
+                q_k,
                 k_g,
                 v_g,
                 out,
@@ -221,10 +221,10 @@ def _ring_bwd(axis_name, causal, block_size, layout, kernel: Kernel, res, do):
         return ring_step(*state, step, pass_on), None
 
     f32 = lambda x: filled(do, x.shape, 0.0, jnp.float32, kernel.tuning.late_buffers)  # noqa: E731
-    state = ((f32(q), f32(k), f32(v)), (k, v, segment_ids))
+    state = ((f32(do), f32(k), f32(v)), (k, v, segment_ids))
     state, _ = jax.lax.scan(step_fn, state, jnp.arange(plan.R - 1))
     (dq, dk, dv), _ = ring_step(*state, plan.R - 1, None)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+    return dq.astype(do.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)

@@ -7,18 +7,31 @@ and the platform tuning it was built with (:class:`ringrl.backend.Tuning`).
 
 A kernel is a frozen dataclass (hashable: it is a static argument of the custom VJPs) with
 
-``forward(q_BQHD, k_BSKD, v_BSKD, q_side, k_side, *, causal, block) -> Chunk``
-    the chunk's softmax attention. ``Chunk.out_BQHD`` float32 (rows that attend nothing in
-    this chunk: 0), ``Chunk.lse_BHQ`` the float32 natural-log log-sum-exp of each row's scores
-    (scale ``head_dim ** -0.5``; rows that attend nothing: ``-inf``), ``Chunk.pairs`` the
-    number of tiles the kernel computed (int32; for load-balance statistics).
+``prepare(q_BQHD, num_kv_heads) -> q``
+    the query shard in the kernel's own layout, made once per attention call and passed to
+    every ``forward``/``backward`` of that call (the XLA kernel: pre-scaled and heads-major,
+    so no ring step copies the queries; the Pallas kernel: unchanged). Below, ``q`` is that.
 
-``backward(q, k, v, out_BQHD, lse_BHQ, do_BQHD, q_side, k_side, *, causal, block, grads=None)
+``forward(q, k_BSKD, v_BSKD, q_side, k_side, *, causal, block, acc=None) -> Chunk``
+    the chunk pair's softmax attention: ``Chunk.out`` float32, normalised (rows that attend
+    nothing: 0), ``Chunk.lse`` the float32 natural-log log-sum-exp of each row's scores (scale
+    ``head_dim ** -0.5``; rows that attend nothing: ``-inf``), ``Chunk.pairs`` the tiles the
+    kernel computed in this call (int32, for load-balance statistics). Both are in the kernel's
+    result layout: ``out`` has the prepared queries' shape (head dim last), ``lse`` the same
+    without the head dim, so :func:`merge` is elementwise whatever the kernel; :meth:`finish`
+    gives ``(out [B, Q, H, D], lse [B, H, Q])``. ``acc``: an earlier result for the same
+    queries; the kernel then returns ``merge(acc, this chunk)``, computed in place where it can
+    (the XLA kernel continues its online softmax from ``acc``, so a ring step needs no second
+    output-sized buffer).
+
+``backward(q, k, v, out_BQHD, lse, do_BQHD, q_side, k_side, *, causal, block, grads=None)
 -> (dq_BQHD, dk_BSKD, dv_BSKD)``
-    this chunk pair's float32 contributions to the gradients, given the *global* output, lse
-    (as :func:`merge` leaves them: ``-inf`` for rows that attend nothing) and output gradient.
-    ``grads``: float32 accumulators the contributions are added to (None: zeros); the XLA
-    kernel adds in place, so a ring step needs no second gradient-sized buffer.
+    this chunk pair's float32 contributions to the gradients, given the *global* output (in
+    natural layout, any dtype), lse (result layout, ``-inf`` for rows that attend nothing) and
+    output gradient. ``grads``: float32 accumulators the contributions are added to (None:
+    zeros); the XLA kernel adds in place, so a ring step needs no second gradient-sized buffer.
+
+``finish(chunk) -> (out_BQHD, lse_BHQ)``: a result in natural layout.
 
 ``block`` is the caller's key/value block (``block_size``), which the XLA kernel's tiles
 divide; a kernel may ignore it. Token i of the query chunk may attend token j of the key chunk
@@ -35,6 +48,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from ringrl.backend import Tuning
+from ringrl.ops.remat import full_after
 
 
 class Side(NamedTuple):
@@ -45,20 +59,33 @@ class Side(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """A kernel's forward result for one chunk pair."""
+    """A kernel's forward result (kernel's result layout: see the module docstring)."""
 
-    out_BQHD: Array  # float32, normalised within the chunk; 0 where a row attends nothing
-    lse_BHQ: Array  # float32 natural-log log-sum-exp; -inf where a row attends nothing
-    pairs: Array  # int32 scalar: tiles computed
+    out: Array  # float32, normalised over the keys seen; 0 where a row attends nothing
+    lse: Array  # float32 natural-log log-sum-exp (out's shape without the head dim); -inf
+    pairs: Array  # int32 scalar: tiles computed (by this call)
 
 
 class Kernel(Protocol):
     name: str
     tuning: Tuning
 
+    def prepare(self, q_BQHD: Array, num_kv_heads: int) -> Array: ...
+
     def forward(
-        self, q: Array, k: Array, v: Array, q_side: Side, k_side: Side, *, causal: bool, block: int
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        q_side: Side,
+        k_side: Side,
+        *,
+        causal: bool,
+        block: int,
+        acc: Chunk | None = None,
     ) -> Chunk: ...
+
+    def finish(self, chunk: Chunk) -> tuple[Array, Array]: ...
 
     def backward(
         self,
@@ -77,26 +104,28 @@ class Kernel(Protocol):
     ) -> tuple[Array, Array, Array]: ...
 
 
-def empty_chunk(out_BQHD: Array, lse_BHQ: Array) -> Chunk:
-    """The merge's identity: no keys seen yet (output 0, lse -inf)."""
-    return Chunk(out_BQHD, lse_BHQ, jnp.int32(0))
+def empty_chunk(q: Array, late: bool = True) -> Chunk:
+    """The merge's identity for prepared queries ``q``: no keys seen (output 0, lse -inf).
+    ``late``: created no earlier than ``q`` (:func:`ringrl.ops.remat.full_after`)."""
+    fill = full_after if late else (lambda _, shape, v, dtype: jnp.full(shape, v, dtype))
+    out = fill(q, q.shape, 0.0, jnp.float32)
+    return Chunk(out, fill(q, q.shape[:-1], -jnp.inf, jnp.float32), jnp.int32(0))
 
 
 def merge(a: Chunk, b: Chunk) -> Chunk:
-    """Two chunk results of the same queries -> the result over both chunks' keys (float32).
+    """Two results of the same queries -> the result over both chunks' keys (float32).
 
     ``lse = logaddexp(lse_a, lse_b)``; each output weighs ``exp(lse_x - lse)``. Rows that no
     chunk has given a key stay (0, -inf): the weights are taken against a finite stand-in, so
     ``-inf - -inf`` never happens.
     """
-    lse = jnp.logaddexp(a.lse_BHQ, b.lse_BHQ)
+    lse = jnp.logaddexp(a.lse, b.lse)
     finite = jnp.where(jnp.isfinite(lse), lse, 0.0)
-    weight = lambda x: jnp.moveaxis(jnp.exp(x - finite), 1, 2)[..., None]  # noqa: E731 [B,Q,H,1]
-    out = a.out_BQHD * weight(a.lse_BHQ) + b.out_BQHD * weight(b.lse_BHQ)
-    return Chunk(out, lse, a.pairs + b.pairs)
+    weight = lambda x: jnp.exp(x - finite)[..., None]  # noqa: E731
+    return Chunk(a.out * weight(a.lse) + b.out * weight(b.lse), lse, a.pairs + b.pairs)
 
 
-def backward_lse(lse_BHQ: Array) -> Array:
+def backward_lse(lse: Array) -> Array:
     """The lse a backward pass divides by: ``+inf`` where a row attends nothing, so that
     ``exp(s - lse)`` is 0 there whatever ``s`` is (``-inf - -inf`` would be NaN)."""
-    return jnp.where(lse_BHQ == -jnp.inf, jnp.inf, lse_BHQ)
+    return jnp.where(lse == -jnp.inf, jnp.inf, lse)

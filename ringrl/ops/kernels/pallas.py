@@ -42,7 +42,7 @@ from jax import Array
 from jax.experimental import pallas as pl
 
 from ringrl.backend import CPU, Tuning
-from ringrl.ops.kernels.base import Chunk, Side, backward_lse
+from ringrl.ops.kernels.base import Chunk, Side, backward_lse, merge
 
 F32 = jnp.float32
 
@@ -299,19 +299,30 @@ class PallasKernel:
     tuning: Tuning = CPU
     name: str = "pallas"
 
-    def forward(self, q, k, v, q_side: Side, k_side: Side, *, causal: bool, block: int) -> Chunk:
-        out, lse = flash_forward(q, k, v, q_side, k_side, causal=causal, tuning=self.tuning)
-        bq, bk = (
-            _divisor(q.shape[1], self.tuning.block_q),
-            _divisor(k.shape[1], self.tuning.block_k),
+    def prepare(self, q_BQHD: Array, num_kv_heads: int) -> Array:
+        """The queries as they are (token-major): the BlockSpecs pick each program's block."""
+        return q_BQHD
+
+    def forward(
+        self, q, k, v, q_side: Side, k_side: Side, *, causal: bool, block: int, acc=None
+    ) -> Chunk:
+        t = self.tuning
+        out, lse_BHQ = flash_forward(q, k, v, q_side, k_side, causal=causal, tuning=t)
+        pairs = block_pairs(
+            q_side, k_side, _divisor(q.shape[1], t.block_q), _divisor(k.shape[1], t.block_k), causal
         )
-        return Chunk(out, lse, block_pairs(q_side, k_side, bq, bk, causal))
+        chunk = Chunk(out, jnp.moveaxis(lse_BHQ, 1, 2), pairs)  # lse [B, Q, H]: out's rows
+        return chunk if acc is None else merge(acc, chunk)._replace(pairs=pairs)
+
+    def finish(self, chunk: Chunk) -> tuple[Array, Array]:
+        return chunk.out, jnp.moveaxis(chunk.lse, 1, 2)
 
     def backward(
         self, q, k, v, out, lse, do, q_side, k_side, *, causal: bool, block: int, grads=None
     ) -> tuple[Array, Array, Array]:
+        lse_BHQ = jnp.moveaxis(lse, 1, 2)  # the result layout [B, Q, H] -> the kernel's
         new = flash_backward(
-            q, k, v, out, lse, do, q_side, k_side, causal=causal, tuning=self.tuning
+            q, k, v, out, lse_BHQ, do, q_side, k_side, causal=causal, tuning=self.tuning
         )
         if grads is None:
             return new

@@ -13,11 +13,12 @@ probabilities and their gradients stay in a core's cache. The caps come from the
 :class:`ringrl.backend.Tuning`; ``block`` (the caller's key/value block) is what the tiles
 divide. Skipping is decided per tile pair.
 
-:class:`XlaKernel` is the boundary (:mod:`ringrl.ops.kernels.base`): token-major chunks in,
-float32 (out, lse) or gradients out. Inside, queries are heads-major (``[B, K, G, Q, D]``, q
-pre-scaled by ``head_dim ** -0.5``); keys and values stay token-major (``[B, S, K, D]``) and
-each key tile is transposed to ``[B, K, s, D]`` when loaded, so every tile product is a plain
-batched matmul and no heads-major copy of k, v, do or the gradients is made.
+:class:`XlaKernel` is the boundary (:mod:`ringrl.ops.kernels.base`): chunks in, float32
+(out, lse) or gradients out. Its prepared queries (:meth:`XlaKernel.prepare`) are heads-major
+(``[B, K, G, Q, D]``, pre-scaled by ``head_dim ** -0.5``); keys and values stay token-major
+(``[B, S, K, D]``) and each key tile is transposed to ``[B, K, s, D]`` when loaded, so every
+tile product is a plain batched matmul and no heads-major copy of k, v, do or the gradients is
+made.
 
 Shape suffixes: B batch, Q/S query/key positions, q/s positions within a tile, K kv heads,
 G query heads per kv head, H = K * G, D head dim.
@@ -272,7 +273,7 @@ def _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, scale, s
     """One tile pair's contributions to (dq tile, dk tile, dv tile), all float32.
 
     Inputs heads-major (``kT_blk`` is the key tile as ``[B, K, D, s]``); dq comes back
-    token-major (``[B, q, K, G, D]``, the accumulator's layout), dk and dv heads-major
+    token-major (``[B, q, H, D]``, the accumulator's layout), dk and dv heads-major
     (``[B, K, s, D]``, accumulated over the query tiles of one key tile). With q pre-scaled:
     ``p = exp(q k - lse)``, ``ds = p (do v - delta)``; dk = ds^T q, dv = p^T do,
     dq = scale * ds k.
@@ -295,14 +296,14 @@ def _block_grads(q_blk, k_blk, kT_blk, v_blk, do_blk, lse, delta, mask, scale, s
     dk_blk = dk_blk + _dot("bksm,bkmd->bksd", ds_BKsM, q_BKMD, f)
     dq_BKDM = _dot("bkds,bksm->bkdm", kT_blk, ds_BKsM, f)
     dq_BqKGD = jnp.transpose(dq_BKDM.reshape(B, K, D, G, q), (0, 4, 1, 3, 2))
-    return dq_blk + dq_BqKGD * scale, dk_blk, dv_blk
+    return dq_blk + (dq_BqKGD * scale).reshape(dq_blk.shape), dk_blk, dv_blk
 
 
 def attend_bwd(
     q_BKGQD: Array,
     k_BSKD: Array,
     v_BSKD: Array,
-    do_BQKGD: Array,
+    do_BQHD: Array,
     lse_BKGQ: Array,
     delta_BKGQ: Array,
     q_side: Side,
@@ -315,8 +316,8 @@ def attend_bwd(
 ) -> tuple[Array, Array, Array]:
     """Add the gradient contributions of a query chunk against a key/value chunk.
 
-    ``q_BKGQD`` is pre-scaled; k/v and ``do_BQKGD`` are token-major (:func:`attend`).
-    ``grads`` = token-major float32 accumulators (dq ``[B, Q, K, G, D]``; dk, dv
+    ``q_BKGQD`` is pre-scaled; k/v and ``do_BQHD`` are token-major (:func:`attend`).
+    ``grads`` = token-major float32 accumulators (dq ``[B, Q, H, D]``; dk, dv
     ``[B, S, K, D]``), updated in place. Tiles of ``do`` and of the gradients are transposed
     one tile at a time, never a whole chunk (that would cost a chunk-sized copy). Recomputes
     ``p = exp(s - lse)`` tile by tile (``lse`` +inf where a row attends nothing:
@@ -324,6 +325,7 @@ def attend_bwd(
     """
     q_stats, k_stats = span_stats(q_side, tile_q), span_stats(k_side, tile_k)
     scale = softmax_scale(q_BKGQD).astype(grads[0].dtype)
+    K = q_BKGQD.shape[1]
 
     def per_k_tile(j, state):
         dq, dk, dv = state
@@ -336,7 +338,7 @@ def attend_bwd(
             dq, dk_blk, dv_blk = state
             i = order[t]
             q_blk = _get(q_BKGQD, i, tile_q, 3)
-            do_blk = jnp.moveaxis(_get(do_BQKGD, i, tile_q, 1), 1, 3)
+            do_blk = jnp.moveaxis(split_heads(_get(do_BQHD, i, tile_q, 1), K), 1, 3)
             lse, delta = _get(lse_BKGQ, i, tile_q, 3), _get(delta_BKGQ, i, tile_q, 3)
             grads = lambda mask: (  # noqa: E731
                 lambda s: _block_grads(
@@ -406,44 +408,45 @@ class XlaKernel:
         """(query rows, key positions) per tile pair for a key/value ``block``."""
         return query_tile(block, heads, self.tuning), key_tile(block, self.tuning)
 
-    def forward(self, q, k, v, q_side: Side, k_side: Side, *, causal: bool, block: int) -> Chunk:
-        B, Q, H, _ = q.shape
-        tile_q, tile_k = self.tiles(block, H)
-        q_h = scaled_heads_major(q, k.shape[2])
+    def prepare(self, q_BQHD: Array, num_kv_heads: int) -> Array:
+        """The queries as the kernel keeps them: pre-scaled, heads-major ``[B, K, G, Q, D]``."""
+        return scaled_heads_major(q_BQHD, num_kv_heads)
+
+    def forward(
+        self, q, k, v, q_side: Side, k_side: Side, *, causal: bool, block: int, acc=None
+    ) -> Chunk:
+        K, G = q.shape[1:3]
+        tile_q, tile_k = self.tiles(block, K * G)
+        if acc is None:
+            carry = init_carry(q, self.tuning.late_buffers)
+        else:  # continue the online softmax from acc: (o, m, l) = (out, lse, 1), or (0, -inf, 0)
+            carry = Carry(acc.out, acc.lse, jnp.isfinite(acc.lse).astype(acc.out.dtype))
         carry, pairs = attend(
-            init_carry(q_h, self.tuning.late_buffers),
-            q_h,
-            k,
-            v,
-            q_side,
-            k_side,
-            causal=causal,
-            tile_q=tile_q,
-            tile_k=tile_k,
+            carry, q, k, v, q_side, k_side, causal=causal, tile_q=tile_q, tile_k=tile_k
         )
         out_h, lse = finalize(carry)
-        return Chunk(tokens_major(out_h), lse.reshape(B, H, Q), pairs)
+        return Chunk(out_h, lse, pairs)
+
+    def finish(self, chunk: Chunk) -> tuple[Array, Array]:
+        B, K, G, Q = chunk.lse.shape
+        return tokens_major(chunk.out), chunk.lse.reshape(B, K * G, Q)
 
     def backward(
         self, q, k, v, out, lse, do, q_side, k_side, *, causal: bool, block: int, grads=None
     ) -> tuple[Array, Array, Array]:
-        B, Q, H, D = q.shape
-        K = k.shape[2]
-        tile_q, tile_k = self.tiles(block, H)
-        do_t = split_heads(do, K)  # token-major: tiles are transposed one at a time
+        B, K, G, Q, D = q.shape
+        tile_q, tile_k = self.tiles(block, K * G)
         f = stats_dtype(q.dtype)
         if grads is None:
             zeros = lambda x: filled(do, x.shape, 0.0, f, self.tuning.late_buffers)  # noqa: E731
-            grads = (zeros(do_t), zeros(k), zeros(v))
-        else:
-            grads = (grads[0].reshape(do_t.shape), grads[1], grads[2])
+            grads = (zeros(do), zeros(k), zeros(v))
         dq, dk, dv = attend_bwd(
-            scaled_heads_major(q, K),
+            q,
             k,
             v,
-            do_t,
-            backward_lse(lse).reshape(B, K, H // K, Q),
-            delta_of(split_heads(out, K), do_t),
+            do,  # token-major: tiles are split and transposed one at a time
+            backward_lse(lse),
+            delta_of(split_heads(out, K), split_heads(do, K)),
             q_side,
             k_side,
             grads,
@@ -451,4 +454,4 @@ class XlaKernel:
             tile_q=tile_q,
             tile_k=tile_k,
         )
-        return dq.reshape(B, Q, H, D), dk, dv
+        return dq, dk, dv
