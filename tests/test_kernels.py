@@ -212,3 +212,20 @@ def test_tuning_overrides_reach_kernels_resolved_by_name():
     with pytest.raises(TypeError, match="unknown tuning fields"):
         with backend.overrides(tile=3):
             pass
+
+
+def test_pallas_kernel_lowers_to_triton_for_a_gpu():
+    """Lowering only (Pallas' Triton rules, on CPU): Triton compiles it on a GPU, not here."""
+    kernel = PallasKernel(backend.GPU)
+    q = jax.ShapeDtypeStruct((1, 512, 16, 64), jnp.bfloat16)
+    k = jax.ShapeDtypeStruct((1, 512, 4, 64), jnp.bfloat16)
+    seg = jax.ShapeDtypeStruct((1, 512), jnp.int32)
+
+    def loss(q, k, v, seg):
+        return (
+            blockwise_attention(q, k, v, segment_ids=seg, kernel=kernel).astype(jnp.float32).sum()
+        )
+
+    lowered = jax.jit(jax.grad(loss, (0, 1, 2))).trace(q, k, k, seg)
+    text = lowered.lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 3  # forward, dK/dV, dQ

@@ -14,7 +14,8 @@ Three parts, each a Markdown table (and ``--json``):
   compute time on 8 GPUs is predicted as ``step0 + 7 * step`` (communication assumed hidden:
   see docs/benchmarks.md [GPU-plan]; not measured).
 * ``train``: one Agentic Transformer training step (4 layers, width 256, 8 heads, bf16
-  compute, blockwise attention with ``kernel="auto"``, AdamW) at 32K and 128K tokens, MFU.
+  compute, blockwise attention with ``kernel="auto"``, AdamW) at 32K and 128K tokens, MFU
+  (``--tiny``: one layer of width 64).
 
 FLOPs (FlashAttention's convention, so that TFLOP/s compare with FlashAttention-2/3's
 figures): causal forward ``4 B H S^2 D / 2``; backward 2.5x the forward (five matmuls, the
@@ -214,6 +215,9 @@ def train_part(args, sizes, on_gpu, tiny: bool) -> list[dict]:
     from ringrl.bench.train_throughput import Setup
 
     overrides = ("model.compute_dtype=bfloat16", "model.kernel=auto", "model.dropout=0.0")
+    if tiny:  # the same step on a one-layer model of width 64: it checks the path, quickly
+        overrides += ("model.num_layers=1", "model.d_model=64", "model.num_heads=2")
+        overrides += ("model.num_kv_heads=2",)
     rows = []
     for T in sizes["train"]:
         s = Setup("blockwise", T, 1, 128 if tiny else 1024, overrides)

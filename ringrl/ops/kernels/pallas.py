@@ -25,7 +25,8 @@ On a GPU it lowers through Triton; elsewhere (``Tuning.interpret``) it runs in P
 interpret mode, which is how the test suite checks it against float64 on CPU. Block sizes must
 divide the chunk length (the largest divisor under ``Tuning.block_q`` etc. is used); on a GPU
 they, the head dim and the query heads per kv head should be powers of two (Triton's blocks).
-Nothing of this kernel has been measured on a GPU yet.
+The Triton lowering is checked on CPU (tests/test_kernels.py); nothing of this kernel has been
+compiled by Triton, run or measured on a GPU yet.
 
 Shape suffixes: B batch, Q/S query/key positions, H query heads, K kv heads, G = H // K,
 D head dim; inside a program, q/s are a block's rows/keys.
@@ -123,7 +124,8 @@ def _dkdv_kernel(
     groups = q_ref.shape[1]
 
     def per_query_block(t, carry):
-        g, i = t // num_q, t % num_q
+        n = jnp.int32(num_q)  # lax's div/rem: jnp's floor division does not lower to Triton
+        g, i = jax.lax.div(t, n), jax.lax.rem(t, n)
         span = pl.ds(i * block_q, block_q)
         qp_q, qs_q = qp_ref[span], qs_ref[span]
 
