@@ -18,65 +18,34 @@ import re
 import sys
 from types import TracebackType
 
-HOST_DEVICES = os.environ.get("RINGRL_HOST_DEVICES", "8")
+# The XLA-CPU flags (emulated host devices, collective timeouts, vector width) live with the
+# rest of the platform tuning in ringrl.backend (jax-free); re-exported here for callers.
+from ringrl.backend import (
+    COLLECTIVE_TIMEOUTS,
+    HOST_DEVICES,
+    VECTOR_WIDTH_FLAG,
+    emulate_host_devices,
+    has_avx512,
+    prefer_wide_vectors,
+)
 
-
-# Emulated host devices share a few cores, so one device can reach a collective (a ring
-# ppermute) long before the others: XLA's CPU runtime aborts the process when a collective waits
-# more than 40 s by default. Long ring steps (128K tokens on 2 cores) need far more.
-COLLECTIVE_TIMEOUTS = {
-    "xla_cpu_collective_call_terminate_timeout_seconds": 24 * 3600,
-    "xla_cpu_collective_call_warn_stuck_timeout_seconds": 600,
-}
-
-
-def emulate_host_devices(n: int | str = HOST_DEVICES) -> None:
-    """Give the CPU backend ``n`` devices (ring attention on one host) before jax loads.
-
-    Only the CPU platform is affected; an existing device count in ``XLA_FLAGS`` is kept. Also
-    raises the CPU collectives' stuck/terminate timeouts (see ``COLLECTIVE_TIMEOUTS``).
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    extra = []
-    if "xla_force_host_platform_device_count" not in flags:
-        extra.append(f"--xla_force_host_platform_device_count={n}")
-    extra += [f"--{k}={v}" for k, v in COLLECTIVE_TIMEOUTS.items() if k not in flags]
-    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
-
-
-VECTOR_WIDTH_FLAG = "xla_cpu_prefer_vector_width"
-
-
-def has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this (Linux) host's CPU has AVX-512F; False where that cannot be read."""
-    try:
-        with open(cpuinfo) as f:
-            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
-    except OSError:
-        return False
-
-
-def prefer_wide_vectors() -> None:
-    """Let XLA's CPU backend emit 512-bit vector code on AVX-512 hosts (before jax loads).
-
-    XLA's own element-wise code (``exp``, the softmax's other passes, the attention kernel's
-    slicing) is emitted for 256-bit vectors by default, even where the CPU has AVX-512; the
-    matmuls, which run in YNNPACK, already use 512-bit vectors. On the 2-core Xeon of
-    docs/benchmarks.md, 512-bit vectors make the attention kernel's ``exp`` passes 1.4-1.6x
-    faster and ring attention's forward+backward 5% faster. Nothing changes on other CPUs, and
-    a width already set in ``XLA_FLAGS`` is kept.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if VECTOR_WIDTH_FLAG not in flags and has_avx512():
-        os.environ["XLA_FLAGS"] = f"{flags} --{VECTOR_WIDTH_FLAG}=512".strip()
+__all__ = [
+    "COLLECTIVE_TIMEOUTS",
+    "HOST_DEVICES",
+    "VECTOR_WIDTH_FLAG",
+    "emulate_host_devices",
+    "has_avx512",
+    "main",
+    "prefer_wide_vectors",
+]
 
 
 def _emulate_host_devices() -> None:
     """``RINGRL_HOST_DEVICES`` (default 8) CPU devices and wide vectors on AVX-512 hosts,
-    unless jax is already imported."""
-    if "jax" not in sys.modules:
-        emulate_host_devices(HOST_DEVICES)
-        prefer_wide_vectors()
+    unless jax is already imported (:func:`ringrl.backend.set_cpu_flags`)."""
+    from ringrl.backend import set_cpu_flags
+
+    set_cpu_flags(HOST_DEVICES)
 
 
 # subcommand -> (module, one-line help)

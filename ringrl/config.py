@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ringrl.ops import IMPLS
+from ringrl.ops import IMPLS, KERNELS
 
 KINDS = ("at", "dt", "bc", "ad")  # Agentic Transformer, Decision Transformer, BC, AD
 
@@ -40,6 +40,7 @@ class ModelConfig:
     compute_dtype: str = "float32"  # float32 | bfloat16
     remat: bool = True
     feedforward: str = "blockwise"  # blockwise (BPT) | full (ordinary MLP over the whole sequence)
+    kernel: str = "auto"  # attention kernel: auto (pallas on GPU, xla elsewhere) | xla | pallas
 
 
 @dataclasses.dataclass
@@ -118,6 +119,7 @@ class Config:
             ("data.top_fraction", 0 < self.data.top_fraction <= 1, "in (0, 1]"),
             ("model.block_size", self.model.block_size >= 1, ">= 1"),
             ("model.feedforward", self.model.feedforward in ("blockwise", "full"), "either"),
+            ("model.kernel", self.model.kernel in KERNELS, f"one of {KERNELS}"),
             ("train.steps", self.train.steps >= 1, ">= 1"),
             ("train.batch_size", self.train.batch_size >= 1, ">= 1"),
             ("train.log_every", self.train.log_every >= 1, ">= 1"),

@@ -1,9 +1,9 @@
 """A pre-norm decoder Transformer in Flax NNX whose attention implementation is a config choice.
 
-The parameters never depend on ``attention`` (``vanilla | blockwise | ring``), ``block_size`` or
-``feedforward`` (``blockwise | full``): a checkpoint trained with one runs with any other. The
-model maps embedded tokens to hidden states; token and position embeddings belong to the agent
-that owns the token layout.
+The parameters never depend on ``attention`` (``vanilla | blockwise | ring``), ``block_size``,
+``kernel`` (``auto | xla | pallas``) or ``feedforward`` (``blockwise | full``): a checkpoint
+trained with one runs with any other. The model maps embedded tokens to hidden states; token
+and position embeddings belong to the agent that owns the token layout.
 
 Shape suffixes: B batch, L sequence, D model width, H query heads, K kv heads, E head dim,
 F feed-forward width.
@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from ringrl.ops import (
     IMPLS,
+    KERNELS,
     attention,
     blockwise_feedforward,
     from_ring_layout,
@@ -50,10 +51,13 @@ class TransformerConfig:
     remat: bool = True  # rematerialise each layer's activations in the backward pass
     causal: bool = True
     feedforward: str = "blockwise"  # position-wise parts block by block | "full": whole sequence
+    kernel: str = "auto"  # attention kernel of blockwise/ring: auto (pallas on GPU) | xla | pallas
 
     def __post_init__(self):
         if self.attention not in IMPLS:
             raise ValueError(f"attention must be one of {IMPLS}, got {self.attention!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.d_model % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must divide by num_heads ({self.num_heads}) and "
@@ -116,6 +120,7 @@ class Attention(nnx.Module):
                 causal=cfg.causal,
                 segment_ids=segment_ids_BL,
                 block_size=cfg.block_size,
+                kernel=cfg.kernel,
             )
         return attention(
             q_BLHE,
@@ -126,6 +131,7 @@ class Attention(nnx.Module):
             causal=cfg.causal,
             segment_ids=segment_ids_BL,
             block_size=cfg.block_size,
+            kernel=cfg.kernel,
         )
 
     def __call__(self, x_BLD: Array, segment_ids_BL: Array | None, mesh: Mesh | None) -> Array:

@@ -40,6 +40,7 @@ RESUMABLE_KEYS: frozenset[str] = frozenset(
         "train.eval_trials",
         "train.eval_episodes",
         "train.host_devices",
+        "model.kernel",  # the same function (to float tolerance) with any attention kernel
     }
 )
 

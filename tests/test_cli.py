@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from ringrl import cli
+from ringrl import backend, cli
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def test_avx512_is_read_from_the_cpu_flags(cpuinfo, tmp_path):
 
 
 def test_wide_vectors_are_preferred_on_avx512_hosts(monkeypatch):
-    monkeypatch.setattr(cli, "has_avx512", lambda: True)
+    monkeypatch.setattr(backend, "has_avx512", lambda: True)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    cli.prefer_wide_vectors()
+    backend.prefer_wide_vectors()
     assert cli.os.environ["XLA_FLAGS"].split() == [
         "--xla_force_host_platform_device_count=8",
         "--xla_cpu_prefer_vector_width=512",
@@ -38,13 +38,13 @@ def test_wide_vectors_are_preferred_on_avx512_hosts(monkeypatch):
 
 
 def test_wide_vectors_leave_other_cpus_and_a_chosen_width_alone(monkeypatch):
-    monkeypatch.setattr(cli, "has_avx512", lambda: False)
+    monkeypatch.setattr(backend, "has_avx512", lambda: False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-    cli.prefer_wide_vectors()
+    backend.prefer_wide_vectors()
     assert cli.os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=8"
-    monkeypatch.setattr(cli, "has_avx512", lambda: True)
+    monkeypatch.setattr(backend, "has_avx512", lambda: True)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_prefer_vector_width=256")
-    cli.prefer_wide_vectors()
+    backend.prefer_wide_vectors()
     assert cli.os.environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
 
 

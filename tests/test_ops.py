@@ -4,6 +4,8 @@ Covered: vanilla, blockwise and ring (1, 2, 4, 8 devices), causal and not, group
 packed segments with padding, float32 and bfloat16.
 """
 
+import dataclasses
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -317,59 +319,63 @@ def test_to_ring_layout_puts_zigzag_chunks_on_devices_and_back():
     np.testing.assert_array_equal(from_ring_layout(laid_out, mesh, "zigzag"), x)
 
 
+def xla_kernel(**tuning):
+    """The xla kernel with these :class:`ringrl.backend.Tuning` fields (passed, not patched)."""
+    from ringrl.backend import CPU
+    from ringrl.ops.kernels import XlaKernel
+
+    return XlaKernel(dataclasses.replace(CPU, **tuning))
+
+
 @pytest.mark.parametrize("impl", ["blockwise", "ring"])
 @pytest.mark.parametrize("tiles", [(2, 4), (4, 2), (2, 1)])
-def test_tiles_smaller_than_the_block_match_float64_reference(impl, tiles, monkeypatch):
-    from ringrl.ops import blockwise
-
+def test_tiles_smaller_than_the_block_match_float64_reference(impl, tiles):
     # block 4 walked as tiles of (query rows, key positions)
-    monkeypatch.setattr(blockwise, "QUERY_TILE", tiles[0])
-    monkeypatch.setattr(blockwise, "KEY_TILE", tiles[1])
-    assert (blockwise.query_tile(BLOCK), blockwise.key_tile(BLOCK)) == tiles
+    kernel = xla_kernel(query_tile=tiles[0], key_tile=tiles[1])
+    assert kernel.tiles(BLOCK, H) == tiles
     q, k, v, ct = random_inputs()
     seg = packed_segments()
     mesh = make_mesh(1, 4) if impl == "ring" else None
     fn = lambda q, k, v: attention(  # noqa: E731
-        q, k, v, impl=impl, mesh=mesh, block_size=BLOCK, segment_ids=seg
+        q, k, v, impl=impl, mesh=mesh, block_size=BLOCK, segment_ids=seg, kernel=kernel
     )
     assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
 
 
 @pytest.mark.parametrize("blocks_per_pass, key_tile", [(1, 4), (2, 4), (4, 4), (2, 2)])
-def test_ring_passing_several_blocks_at_a_time_matches_float64_reference(
-    blocks_per_pass, key_tile, monkeypatch
-):
-    from ringrl.ops import blockwise, ring
-
-    monkeypatch.setattr(blockwise, "KEY_TILE", key_tile)  # 2: each block is two key tiles
+def test_ring_passing_several_blocks_at_a_time_matches_float64_reference(blocks_per_pass, key_tile):
+    from ringrl.ops import ring
 
     # 4 devices, zigzag: a shard of 16 positions = 4 blocks of 4; each block of k, v (2 kv
-    # heads x 16) and segment ids is 2 x 4 x (2 x 2 x 16 x 4 + 4) bytes
+    # heads x 16) and segment ids is 2 x 4 x (2 x 2 x 16 x 4 + 4) bytes; key tile 2: each
+    # block is two key tiles
     block_bytes = B * BLOCK * (2 * K * D * 4 + 4)
-    monkeypatch.setattr(ring, "PASS_BYTES", blocks_per_pass * block_bytes)
+    kernel = xla_kernel(key_tile=key_tile, pass_bytes=blocks_per_pass * block_bytes)
     q, k, v, ct = random_inputs(20 + blocks_per_pass)
-    assert ring.pass_blocks(k[:, : L // 4], BLOCK) == blocks_per_pass
+    assert ring.pass_blocks(k[:, : L // 4], BLOCK, kernel.tuning.pass_bytes) == blocks_per_pass
     seg = packed_segments()
     mesh = make_mesh(1, 4)
     fn = lambda q, k, v: attention(  # noqa: E731
-        q, k, v, impl="ring", mesh=mesh, block_size=BLOCK, segment_ids=seg
+        q, k, v, impl="ring", mesh=mesh, block_size=BLOCK, segment_ids=seg, kernel=kernel
     )
     assert_matches_reference(fn, q, k, v, ct, 1e-5, causal=True, segment_ids=seg)
 
 
 def test_blocks_per_pass_fill_the_byte_budget_and_divide_the_shard():
-    from ringrl.ops.ring import PASS_BYTES, pass_blocks
+    from ringrl.backend import CPU
+    from ringrl.ops.ring import pass_blocks
 
+    budget = CPU.pass_bytes
     block_bytes = 512 * (2 * 4 * 32 * 4 + 4)  # batch 1, 4 kv heads x 32, float32
-    assert PASS_BYTES // block_bytes == 7
-    assert pass_blocks(jnp.zeros((1, 2048, 4, 32)), 512) == 4  # the whole shard fits
-    assert pass_blocks(jnp.zeros((1, 8192, 4, 32)), 512) == 4  # largest divisor of 16 <= 7
-    assert pass_blocks(jnp.zeros((1, 7 * 512, 4, 32)), 512) == 7
-    assert pass_blocks(jnp.zeros((1, 2048, 64, 128)), 512) == 1  # one block over the budget
+    assert budget // block_bytes == 7
+    assert pass_blocks(jnp.zeros((1, 2048, 4, 32)), 512, budget) == 4  # the whole shard fits
+    assert pass_blocks(jnp.zeros((1, 8192, 4, 32)), 512, budget) == 4  # largest divisor <= 7
+    assert pass_blocks(jnp.zeros((1, 7 * 512, 4, 32)), 512, budget) == 7
+    assert pass_blocks(jnp.zeros((1, 2048, 64, 128)), 512, budget) == 1  # one block > budget
 
 
 def test_tiles_divide_the_block_and_bound_the_score_tile():
-    from ringrl.ops.blockwise import key_tile, query_tile
+    from ringrl.ops.kernels.xla import key_tile, query_tile
 
     assert (query_tile(512, heads=4), key_tile(512)) == (128, 256)  # [4 x 128 x 256] = 512 KiB
     assert (query_tile(1024, heads=8), key_tile(1024)) == (64, 256)  # bounded by the tile's size
@@ -378,44 +384,23 @@ def test_tiles_divide_the_block_and_bound_the_score_tile():
     assert (query_tile(4), key_tile(4)) == (4, 4)
 
 
-def test_ring_counts_computed_tile_pairs_when_tiles_are_smaller_than_blocks(monkeypatch):
-    from ringrl.ops import blockwise
-
-    monkeypatch.setattr(blockwise, "QUERY_TILE", 2)
-    monkeypatch.setattr(blockwise, "KEY_TILE", 2)
+def test_ring_counts_computed_tile_pairs_when_tiles_are_smaller_than_blocks():
     q, k, v, _ = random_inputs()
-    counts = np.asarray(ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK))
+    kernel = xla_kernel(query_tile=2, key_tile=2)
+    counts = np.asarray(
+        ring_step_counts(q, k, v, mesh=make_mesh(1, 4), block_size=BLOCK, kernel=kernel)
+    )
     n = L // 2  # 2 x 2 tiles: the causal mask hides every pair above the diagonal tile
     assert counts.sum() == n * (n + 1) // 2
     assert np.all(counts == counts[0:1])
 
 
-def test_pass_tiles_that_do_not_divide_the_shard_are_a_clear_error():
-    from ringrl.ops.blockwise import Shard, attend_shard, init_carry, kernel_inputs
-
-    q, k, v, _ = random_inputs(seq=16)
-    q_h, k_h, v_h = kernel_inputs(q, k, v)
-    side = Shard(jnp.arange(16, dtype=jnp.int32), jnp.zeros((B, 16), jnp.int32))
-    with pytest.raises(ValueError, match="pass_tiles \\(3\\) must be a positive divisor"):
-        attend_shard(
-            init_carry(q_h),
-            q_h,
-            k_h,
-            v_h,
-            side,
-            side,
-            causal=True,
-            tile_q=4,
-            tile_k=4,
-            pass_tiles=3,
-        )
-
-
 def test_key_tile_kinds_are_the_columns_of_the_tile_pair_table():
-    from ringrl.ops.blockwise import Shard, key_tile_kinds, span_stats, tile_kinds
+    from ringrl.ops.kernels import Side
+    from ringrl.ops.kernels.xla import key_tile_kinds, span_stats, tile_kinds
 
     seg = packed_segments()[:1]  # three segments, then padding
-    side = Shard(jnp.arange(L, dtype=jnp.int32), seg)
+    side = Side(jnp.arange(L, dtype=jnp.int32), seg)
     q, k = span_stats(side, 2), span_stats(side, 4)
     for causal in (True, False):
         table = np.asarray(tile_kinds(q, k, causal))

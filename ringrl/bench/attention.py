@@ -31,7 +31,7 @@ from ringrl.bench.common import (
     save_json,
     time_call,
 )
-from ringrl.ops import attention, ring_step_counts
+from ringrl.ops import attention, get_kernel, ring_step_counts
 from ringrl.parallel import make_mesh
 
 
@@ -46,6 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block", type=int, default=512)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--no-causal", dest="causal", action="store_false")
+    p.add_argument("--kernel", default="auto", choices=["auto", "xla", "pallas"])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--vanilla-max", type=int, default=8192, help="longest vanilla sequence")
     p.add_argument(
@@ -79,7 +80,12 @@ def _fwd_bwd(attn):
 
 def _ours(impl: str, mesh, args):
     return functools.partial(
-        attention, impl=impl, mesh=mesh, causal=args.causal, block_size=args.block
+        attention,
+        impl=impl,
+        mesh=mesh,
+        causal=args.causal,
+        block_size=args.block,
+        kernel=args.kernel,
     )
 
 
@@ -245,11 +251,11 @@ def peer_comparison(args, rate: float) -> dict:
     """Ours against the paper's package at the same block size, interleaved.
 
     Our kernel walks each block pair in tiles of ``query_tile(block, heads)`` query rows and
-    ``key_tile(block)`` keys (see :func:`ringrl.ops.blockwise.query_tile`); the package has the
+    ``key_tile(block)`` keys (see :func:`ringrl.ops.kernels.xla.query_tile`); the package has the
     same knobs (``query_chunk_size``, ``key_chunk_size``), so a third contender runs it with
     those chunks too, to show how much of the difference is the tiling.
     """
-    from ringrl.ops.blockwise import key_tile, query_tile
+    from ringrl.ops.kernels.xla import key_tile, query_tile
 
     peer = load_peer()
     seq, d = args.peer_seq, args.peer_devices
@@ -278,7 +284,8 @@ def peer_comparison(args, rate: float) -> dict:
         )
 
     contenders = {"ringrl": _ours("ring", mesh, args), PEER: peer_attention(args.block, args.block)}
-    tile = query_tile(args.block, args.heads), key_tile(args.block)
+    tuning = get_kernel("xla").tuning
+    tile = query_tile(args.block, args.heads, tuning), key_tile(args.block, tuning)
     if tile != (args.block, args.block):
         contenders[PEER_TILED] = peer_attention(*tile)
     xs = _inputs(args, seq, NamedSharding(mesh, spec))

@@ -19,6 +19,7 @@ BENCHES = {
     "data": ("ringrl.bench.data_load", "loading a 1M-step D4RL file"),
     "train": ("ringrl.bench.train_throughput", "training throughput and memory"),
     "eval": ("ringrl.bench.eval_throughput", "rollout throughput with and without KV cache"),
+    "gpu": ("ringrl.bench.gpu", "attention kernels (pallas, xla, cuDNN) and a training step"),
 }
 
 USAGE = "usage: ringrl bench NAME [ARGS]"

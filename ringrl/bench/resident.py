@@ -28,22 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--per-device", type=int, default=8192, help="tokens per device")
     p.add_argument("--block", type=int, default=512)
-    p.add_argument("--query-tile", type=int, default=None, help="override QUERY_TILE")
-    p.add_argument("--key-tile", type=int, default=None, help="override KEY_TILE")
+    p.add_argument("--query-tile", type=int, default=None, help="override Tuning.query_tile")
+    p.add_argument("--key-tile", type=int, default=None, help="override Tuning.key_tile")
     args = p.parse_args(argv)
     emulate_host_devices(8)
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    import ringrl.ops.blockwise as bw
-    from ringrl.ops import attention
+    from ringrl.bench.train_throughput import tile_overrides
+    from ringrl.ops import attention, get_kernel
     from ringrl.parallel import make_mesh
 
-    if args.query_tile or args.key_tile:
-        bw.TILE_SCORES = 1 << 62  # the tiles asked for, whatever their size
-        bw.QUERY_TILE = args.query_tile or bw.QUERY_TILE
-        bw.KEY_TILE = args.key_tile or bw.KEY_TILE
+    with tile_overrides(args.query_tile, args.key_tile):
+        kernel = get_kernel("xla")  # carries the tiles asked for
     n = args.devices
     mesh = make_mesh(1, n, devices=jax.devices()[:n])
     sharding = NamedSharding(mesh, P(None, "seq"))
@@ -53,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     @jax.jit
     def fwd_bwd(q):
-        fn = lambda q: attention(q, q, q, impl="ring", mesh=mesh, block_size=args.block)  # noqa: E731
+        fn = lambda q: attention(  # noqa: E731
+            q, q, q, impl="ring", mesh=mesh, block_size=args.block, kernel=kernel
+        )
         out, vjp = jax.vjp(fn, q)
         return vjp(out)[0]
 

@@ -35,7 +35,7 @@ def _mem_total_bytes() -> int:
     return 16 << 30
 
 
-def _config(attention: str, block_size: int, trajectories: int, steps: int):
+def _config(attention: str, block_size: int, trajectories: int, steps: int, overrides=()):
     from ringrl.config import Config, load_config
 
     cfg = load_config(
@@ -52,6 +52,7 @@ def _config(attention: str, block_size: int, trajectories: int, steps: int):
             f"agent.num_trajectories={trajectories}",
             f"agent.steps_per_trajectory={steps}",
             "train.batch_size=1",
+            *overrides,
         ],
     )
     assert isinstance(cfg, Config)
@@ -77,7 +78,10 @@ def _batch(num_steps: int, obs_dim: int = 24, act_dim: int = 6, episode: int = 1
 class Setup:
     """A training step of the benchmark model at ``tokens`` context with ``attention``."""
 
-    def __init__(self, attention: str, tokens: int, devices: int, block_size: int):
+    def __init__(
+        self, attention: str, tokens: int, devices: int, block_size: int, overrides=()
+    ) -> None:
+        """``overrides``: more ``key=value`` config overrides (compute dtype, kernel, ...)."""
         import jax
         from flax import nnx
 
@@ -88,7 +92,8 @@ class Setup:
         self.tokens = tokens
         ring = attention == "ring"
         self.mesh = make_mesh(1, devices if ring else 1)
-        self.cfg = _config(attention, block_size, max(tokens // 1000, 1), min(tokens, 1000))
+        trajectories, steps = max(tokens // 1000, 1), min(tokens, 1000)
+        self.cfg = _config(attention, block_size, trajectories, steps, overrides)
         graphdef, self.rng_state, self.state = init_state(self.cfg, 24, 6, self.mesh)
         self.step_fn = make_train_step(graphdef, self.cfg, self.mesh)
         padded = padded_steps(tokens, 1, block_size, self.mesh.shape["seq"], ring)
@@ -180,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         "--query-tile",
         type=int,
         default=None,
-        help="query rows per block pair (default: ringrl.ops.blockwise.QUERY_TILE); long "
+        help="query rows per block pair (default: ringrl.backend.Tuning.query_tile); long "
         "contexts on the CPU backend need fewer, larger tiles (docs/training.md)",
     )
     p.add_argument(
         "--key-tile",
         type=int,
         default=None,
-        help="keys per block pair tile (default: ringrl.ops.blockwise.KEY_TILE)",
+        help="keys per block pair tile (default: ringrl.backend.Tuning.key_tile)",
     )
     args = p.parse_args(argv)
 
@@ -197,13 +202,26 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import jax
 
-    if args.query_tile or args.key_tile:
-        import ringrl.ops.blockwise as bw
+    with tile_overrides(args.query_tile, args.key_tile):  # kernels resolved by name get them
+        return _run(args, jax)
 
-        bw.TILE_SCORES = 1 << 62  # the tiles asked for, whatever their size
-        bw.QUERY_TILE = args.query_tile or bw.QUERY_TILE
-        bw.KEY_TILE = args.key_tile or bw.KEY_TILE
 
+def tile_overrides(query_tile: int | None, key_tile: int | None):
+    """:func:`ringrl.backend.overrides` for the tiles asked for (whatever their size: the
+    score-tile bound is lifted when either is given); a no-op when neither is."""
+    from ringrl import backend
+
+    if not (query_tile or key_tile):
+        return backend.overrides()
+    base = backend.tuning()
+    return backend.overrides(
+        tile_scores=1 << 62,
+        query_tile=query_tile or base.query_tile,
+        key_tile=key_tile or base.key_tile,
+    )
+
+
+def _run(args, jax) -> int:
     parts = set(args.parts.split(","))
     budget = int((args.device_gb or _mem_total_bytes() / 2**30 / args.devices) * 2**30)
     res: dict = {

@@ -11,15 +11,18 @@ from ringrl.ops.api import (
 )
 from ringrl.ops.blockwise import blockwise_attention
 from ringrl.ops.feedforward import blockwise_feedforward
+from ringrl.ops.kernels import KERNELS, get_kernel
 from ringrl.ops.reference import reference_attention
 from ringrl.ops.ring import layout_positions, ring_attention
 
 __all__ = [
     "IMPLS",
+    "KERNELS",
     "attention",
     "blockwise_attention",
     "blockwise_feedforward",
     "from_ring_layout",
+    "get_kernel",
     "layout_positions",
     "reference_attention",
     "ring_attention",

@@ -9,6 +9,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ringrl.ops.blockwise import blockwise_attention
+from ringrl.ops.kernels import KERNELS, Kernel, get_kernel
 from ringrl.ops.reference import check_shapes, reference_attention, segments_or_zeros
 from ringrl.ops.ring import ring_attention, ring_block_counts
 
@@ -83,7 +84,18 @@ def _check_ring_length(L: int, R: int, layout: str) -> None:
 
 
 def _sharded_ring(
-    fn, q, k, v, segment_ids, mesh, causal, block_size, out_specs=None, layout=None, relayout=True
+    fn,
+    q,
+    k,
+    v,
+    segment_ids,
+    mesh,
+    causal,
+    block_size,
+    kernel,
+    out_specs=None,
+    layout=None,
+    relayout=True,
 ):
     """Run ``fn`` (ring attention or its counters) in ``shard_map``.
 
@@ -91,6 +103,7 @@ def _sharded_ring(
     here; otherwise they are already in ``layout`` order (:func:`to_ring_layout`).
     """
     layout = layout or ring_layout(causal)
+    kernel = get_kernel(kernel)  # resolved once, outside shard_map
     _check_ring_length(q.shape[1], mesh.shape["seq"], layout)
     segment_ids = segments_or_zeros(q, segment_ids)
     spec4, spec2 = _specs(mesh, q.shape[0])
@@ -108,6 +121,7 @@ def _sharded_ring(
             segment_ids=seg,
             block_size=block_size,
             layout=layout,
+            kernel=kernel,
         )
         return from_zigzag(out, "seq") if zig and out_specs is None else out
 
@@ -156,6 +170,7 @@ def ring_attention_laid_out(
     causal: bool = True,
     segment_ids: Array | None = None,
     block_size: int = 512,
+    kernel: str | Kernel = "auto",
 ) -> Array:
     """Ring attention over global arrays already in ``layout`` order (:func:`to_ring_layout`,
     applied to q, k, v and segment ids alike); the output is in the same order: it equals
@@ -171,6 +186,7 @@ def ring_attention_laid_out(
         mesh,
         causal,
         block_size,
+        kernel,
         layout=layout,
         relayout=False,
     )
@@ -186,6 +202,7 @@ def attention(
     causal: bool = True,
     segment_ids: Array | None = None,
     block_size: int = 512,
+    kernel: str | Kernel = "auto",
 ) -> Array:
     """Exact attention over global arrays in natural order.
 
@@ -197,21 +214,26 @@ def attention(
       mesh: the device mesh for ``"ring"``; None means all local devices on ``"seq"``.
       causal, segment_ids: see :func:`ringrl.ops.reference_attention`.
       block_size: the attention block (``"blockwise"`` and ``"ring"``).
+      kernel: the per-chunk kernel of ``"blockwise"`` and ``"ring"``: ``"auto"`` (``"pallas"``
+        on GPU, ``"xla"`` elsewhere), ``"xla"``, ``"pallas"`` or a kernel object
+        (:mod:`ringrl.ops.kernels`); ``"vanilla"`` ignores it.
 
     Returns:
       ``[batch, seq, heads, head_dim]`` in q's dtype, natural order.
     """
     check_shapes(q, k, v, segment_ids)
+    if isinstance(kernel, str) and kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
     if impl == "vanilla":
         return reference_attention(q, k, v, causal=causal, segment_ids=segment_ids)
     if impl == "blockwise":
         return blockwise_attention(
-            q, k, v, causal=causal, segment_ids=segment_ids, block_size=block_size
+            q, k, v, causal=causal, segment_ids=segment_ids, block_size=block_size, kernel=kernel
         )
     if impl != "ring":
         raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
     mesh = mesh or _default_mesh()
-    return _sharded_ring(ring_attention, q, k, v, segment_ids, mesh, causal, block_size)
+    return _sharded_ring(ring_attention, q, k, v, segment_ids, mesh, causal, block_size, kernel)
 
 
 def ring_step_counts(
@@ -224,12 +246,14 @@ def ring_step_counts(
     segment_ids: Array | None = None,
     block_size: int = 512,
     layout: str | None = None,
+    kernel: str | Kernel = "auto",
 ) -> Array:
     """Tile pairs computed by each device at each ring step, ``[devices, steps]``.
 
-    A tile pair is (query tile, key tile): see :func:`ringrl.ops.blockwise.query_tile` and
-    :func:`~ringrl.ops.blockwise.key_tile` (with ``block_size`` no larger than those tiles, a
-    tile pair is a block pair).
+    With the xla kernel a tile pair is (query tile, key tile): see
+    :func:`ringrl.ops.kernels.xla.query_tile` and :func:`~ringrl.ops.kernels.xla.key_tile`
+    (with ``block_size`` no larger than those tiles, a tile pair is a block pair); the pallas
+    kernel counts its (query block, key block) pairs per batch row.
 
     Runs the forward kernel of ``attention(impl="ring")`` with the same layout choice (or
     ``layout``) and returns its counters: a balanced layout shows equal numbers down every
@@ -245,6 +269,7 @@ def ring_step_counts(
         mesh,
         causal,
         block_size,
+        kernel,
         out_specs=P("seq"),
         layout=layout,
     )
