@@ -44,7 +44,10 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
-class AgentConfig:
+class AgentSection:
+    """The `agent:` section of a training config (the model-level agent config is
+    :class:`agents.agentic.AgentConfig`, built from it by :func:`ringrl.train.agent_config`)."""
+
     kind: str = "at"  # at (Agentic Transformer) | dt (Decision Transformer) | bc | ad (AD)
     num_trajectories: int = 4  # N per chain; AT: up to 4, RA paper: 32 and 128; DT/BC: 1
     steps_per_trajectory: int = 1000  # window per trajectory; ExoRL: 1000; DT: K = 20
@@ -98,7 +101,7 @@ class TrainConfig:
 class Config:
     name: str = "run"
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    agent: AgentSection = dataclasses.field(default_factory=AgentSection)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
