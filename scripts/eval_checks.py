@@ -22,53 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ringrl.evaluate import RecomputePolicy, evaluate, load_agent, make_policy, rollout
+from ringrl.evaluate import evaluate, paired
 from ringrl.stats import describe, interval
-
-
-class PairedPolicy:
-    """Acts with ``lead`` (the KV cache); ``follow`` (recompute) sees the same history."""
-
-    def __init__(self, lead, follow):
-        self.lead, self.follow, self.worst = lead, follow, 0.0
-
-    def start_trial(self, rows):
-        self.lead.start_trial(rows)
-        self.follow.start_trial(rows)
-
-    def act(self, obs, active):
-        a, b = self.lead.act(obs, active), self.follow.act(obs, active)
-        self.worst = max(self.worst, float(np.abs(a - b)[active].max()))
-        return a
-
-    def record(self, act, rew, done, active):
-        self.lead.record(act, rew, done, active)
-        self.follow.record(act, rew, done, active)
-
-
-def paired(run: str, episodes: int, order: str = "sorted") -> dict:
-    """Largest action difference, cache against recompute, on one trial's shared history."""
-    import envs
-
-    agent, cfg, ds, _ = load_agent(run)
-    task = ds.metadata.get("task") or cfg.data.task
-    max_steps = int(envs.max_episode_steps(task))
-    target = float(ds.returns.max())
-    lead, _ = make_policy(agent, 1, target, max_steps, decode="cache", seq_shards=1, order=order)
-    agent2, *_ = load_agent(run)
-    follow, _ = make_policy(
-        agent2, 1, target, max_steps, decode="recompute", seq_shards=1, order=order
-    )
-    assert isinstance(follow, RecomputePolicy)
-    policy = PairedPolicy(lead, follow)
-    returns, steps = rollout(task, policy, trials=1, episodes=episodes, num_envs=1, seed=7)
-    return {
-        "episodes": episodes,
-        "steps": steps,
-        "max_abs_action_difference": policy.worst,
-        "returns": returns.tolist(),
-        "prefills": lead.prefills,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

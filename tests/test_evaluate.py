@@ -131,9 +131,25 @@ def test_seed_blocks_of_a_comparison_never_overlap():
 
 
 @pytest.mark.parametrize("run", ["at", "at4"])  # 1-token and 4-token layouts
-@pytest.mark.parametrize("episodes", [2, 4, 6])  # K = N, 2N, 3N
+@pytest.mark.parametrize("episodes", [2, 6])  # K = N, 3N
+def test_eval_cache_and_recompute_act_the_same_on_one_history(runs, run, episodes):
+    """Paired: the cache acts, the recompute policy sees the same history and proposes its
+    action at every step -- the exact check that both build the same context, evictions and
+    prefills included (free-running trials drift apart on float rounding alone, see below)."""
+    from ringrl.evaluate import paired
+
+    result = paired(str(runs / run), episodes)
+    assert result["max_abs_action_difference"] < 1e-5
+    assert episodes == 2 or result["prefills"] > 0  # past N episodes the cache re-prefilled
+
+
+@pytest.mark.parametrize("run", ["at", "at4"])  # 1-token and 4-token layouts
+@pytest.mark.parametrize("episodes", [2, 4])  # K = N, 2N
 def test_eval_cache_equals_recompute(runs, tmp_path, run, episodes):
-    """The same trials with the KV cache and with full recompute give the same returns."""
+    """The same trials with the KV cache and with full recompute give the same returns. (At
+    K = 3N free-running returns of the tiny run drifted apart by 0.09 in one of 12 episodes on
+    2026-12-01: per-step actions differ by ~1e-6 and Reacher amplifies them; the paired test
+    above checks 3N exactly.)"""
     kw = dict(trials=2, num_envs=2, episodes=episodes, with_baselines=False)
     cached = evaluate(runs / run, decode="cache", out_dir=tmp_path / "c", **kw)
     full = evaluate(runs / run, decode="recompute", out_dir=tmp_path / "r", **kw)
