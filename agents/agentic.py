@@ -32,7 +32,7 @@ Acting (``act``): the history is the agent's previous episodes followed by the c
 episode; the context is built by the one context rule (:func:`ringrl.context.acting_chain`:
 whole episodes, the most recent that fit, sorted by return or in the order played, relabelled
 to ``target_return``) and the action of the last step is returned. This recomputes the whole
-context per action; :class:`ringrl.decode.IncrementalPolicy` decodes the same context with a
+context per action; :class:`ringrl.policies.IncrementalPolicy` decodes the same context with a
 KV cache.
 """
 
@@ -50,7 +50,7 @@ from jax.sharding import Mesh
 
 from ringrl.context import ContextRule, Steps, acting_chain, pad_chain
 from ringrl.model import Transformer, TransformerConfig
-from ringrl.sampler import padded_steps
+from ringrl.ops.layouts import padded_steps
 
 
 @dataclasses.dataclass(frozen=True)

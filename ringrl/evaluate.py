@@ -16,11 +16,11 @@ actions and the best constant action of a small grid (chosen on separate selecti
 run on the same reset seeds as the agent.
 
 Acting: with a context that holds a whole episode the agent decodes incrementally from a
-KV cache (:class:`ringrl.decode.IncrementalPolicy`; sharded over ``"seq"`` with
+KV cache (:class:`ringrl.policies.IncrementalPolicy`; sharded over ``"seq"`` with
 ``--seq-shards``), otherwise (DT, BC: windows of a few steps) it recomputes its window at
-every step (:class:`RecomputePolicy`). Both build the same context. Outputs in the run
-directory: ``eval.json`` and ``eval_curve.png`` (return against in-context episode index, mean
-and 95% bootstrap interval over trials).
+every step (:class:`ringrl.policies.RecomputePolicy`). Both build the same context. Outputs in
+the run directory: ``eval.json`` and ``eval_curve.png`` (return against in-context episode index,
+mean and 95% bootstrap interval over trials).
 """
 
 from __future__ import annotations
@@ -31,124 +31,20 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from ringrl.policies import (  # noqa: F401  (Policy, RandomPolicy: also ringrl.evaluate's API)
+    ConstantPolicy,
+    PairedPolicy,
+    Policy,
+    RandomPolicy,
+    RecomputePolicy,
+    make_policy,
+)
+
 SEED_STRIDE = 10_000  # reset seeds per (method, training seed) block in a comparison
 CONSTANT_GRID = (-1.0, -0.5, 0.0, 0.5, 1.0)  # every action dimension set to one value
-
-# ---- policies ---------------------------------------------------------------------------------
-
-
-class Policy(Protocol):
-    def start_trial(self, rows: np.ndarray) -> None: ...
-    def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray: ...
-    def record(
-        self, act_EA: np.ndarray, rew_E: np.ndarray, done_E: np.ndarray, active_E: np.ndarray
-    ) -> None: ...
-
-
-class RandomPolicy:
-    """Uniform actions, seeded: in [-1, 1] (the agents' action range), or (``discrete``) a
-    uniformly drawn action, one-hot (as the agents return them)."""
-
-    def __init__(self, num_envs: int, act_dim: int, seed: int = 0, discrete: bool = False):
-        self.rng = np.random.default_rng(seed)
-        self.shape = (num_envs, act_dim)
-        self.discrete = discrete
-
-    def start_trial(self, rows: np.ndarray) -> None:
-        pass
-
-    def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
-        if self.discrete:
-            E, A = self.shape
-            return np.eye(A, dtype=np.float32)[self.rng.integers(0, A, E)]
-        return self.rng.uniform(-1.0, 1.0, self.shape).astype(np.float32)
-
-    def record(self, act_EA, rew_E, done_E, active_E) -> None:
-        pass
-
-
-class ConstantPolicy(RandomPolicy):
-    """The same action at every step (a discrete action as its one-hot row)."""
-
-    def __init__(self, num_envs: int, action: np.ndarray):
-        self.action = np.broadcast_to(np.asarray(action, np.float32), (num_envs, len(action)))
-
-    def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
-        return self.action.copy()
-
-
-class RecomputePolicy:
-    """Full recompute: the context rule's whole context, run through the model at every step.
-
-    Padded to one fixed length so that a single compiled function serves every step.
-    """
-
-    def __init__(
-        self,
-        agent,
-        num_envs: int,
-        target_return: float,
-        max_episode_steps: int,
-        *,
-        order: str = "sorted",
-        mesh=None,
-        actions: str = "sample",
-        seed: int = 0,
-    ):
-        import jax
-        from flax import nnx
-
-        from agents.agentic import ActionChooser
-        from ringrl.decode import TrialHistory
-        from ringrl.sampler import padded_steps
-
-        self.agent, self.E, self.target, self.mesh = agent, num_envs, float(target_return), mesh
-        self.choose = ActionChooser(agent.cfg.discrete, actions, seed)
-        self.rule = agent.context_rule(max_episode_steps, order)
-        c, m = agent.cfg, agent.transformer.cfg
-        ring = m.attention == "ring"
-        shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
-        self.T = padded_steps(c.context_steps, c.step_tokens, m.block_size, shards, ring)
-        self.histories = [TrialHistory() for _ in range(num_envs)]
-        self.memos: list[dict] = [{} for _ in range(num_envs)]  # prepared episodes per trial
-        graphdef, self.state = nnx.split(agent)
-        self._predict = jax.jit(
-            lambda state, batch: nnx.merge(graphdef, state)(batch, mesh=mesh, deterministic=True)
-        )
-
-    def start_trial(self, rows: np.ndarray) -> None:
-        from ringrl.decode import TrialHistory
-
-        for e in np.flatnonzero(rows):
-            self.histories[e] = TrialHistory()
-            self.memos[e] = {}
-
-    def act(self, obs_EO: np.ndarray, active_E: np.ndarray) -> np.ndarray:
-        from ringrl.context import acting_chain, pad_chain
-
-        chains, last = [], []
-        for e in range(self.E):
-            h = self.histories[e]
-            running = h.partial(obs_EO[e], self.agent.cfg.act_dim)
-            chain, _ = acting_chain(h.episodes, running, self.rule, self.target, self.memos[e])
-            chains.append(pad_chain(chain, self.T))
-            last.append(len(chain["mask"]) - 1)
-        batch = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
-        pred_ETA = np.asarray(self._predict(self.state, batch))
-        self._obs = np.asarray(obs_EO, np.float32)
-        self.last_output = pred_ETA[np.arange(self.E), last]  # (discrete: logits)
-        return self.choose(self.last_output)
-
-    def record(self, act_EA, rew_E, done_E, active_E) -> None:
-        for e in np.flatnonzero(active_E):
-            self.histories[e].add(self._obs[e], act_EA[e], rew_E[e])
-            if done_E[e]:
-                self.histories[e].end_episode()
-
 
 # ---- rollouts -----------------------------------------------------------------------------------
 
@@ -408,60 +304,6 @@ def load_agent(path: str | Path, *, data_path: str | None = None, dataset=None):
     nnx.replace_by_pure_dict(state, pure)
     agent, _ = nnx.merge(graphdef, rng_state, state)
     return agent, cfg, ds, step
-
-
-def make_policy(
-    agent,
-    num_envs: int,
-    target: float,
-    max_steps: int,
-    *,
-    decode: str,
-    seq_shards: int,
-    order: str = "sorted",
-    actions: str = "sample",
-    seed: int = 0,
-):
-    """A KV-cache policy when the context holds a whole episode (or asked), else recompute.
-    ``actions``: greedy or sampled discrete actions (seeded by ``seed``)."""
-    from ringrl.decode import IncrementalPolicy
-    from ringrl.model import with_attention
-    from ringrl.parallel import make_mesh
-
-    if decode == "auto":
-        decode = "cache" if agent.cfg.context_steps >= max_steps else "recompute"
-    if decode == "cache":
-        mesh = make_mesh(1, seq_shards) if seq_shards > 1 else None
-        policy = IncrementalPolicy(
-            agent, num_envs, target, max_steps, order=order, mesh=mesh, actions=actions, seed=seed
-        )
-        return policy, decode
-    if agent.transformer.cfg.attention == "ring":  # one device is plenty for a window
-        agent.transformer = with_attention(agent.transformer, "blockwise")
-    policy = RecomputePolicy(
-        agent, num_envs, target, max_steps, order=order, actions=actions, seed=seed
-    )
-    return policy, decode
-
-
-class PairedPolicy:
-    """Acts with ``lead`` (the KV cache); ``follow`` (recompute) sees the same history."""
-
-    def __init__(self, lead, follow):
-        self.lead, self.follow, self.worst = lead, follow, 0.0
-
-    def start_trial(self, rows):
-        self.lead.start_trial(rows)
-        self.follow.start_trial(rows)
-
-    def act(self, obs, active):
-        a, b = self.lead.act(obs, active), self.follow.act(obs, active)
-        self.worst = max(self.worst, float(np.abs(a - b)[active].max()))
-        return a
-
-    def record(self, act, rew, done, active):
-        self.lead.record(act, rew, done, active)
-        self.follow.record(act, rew, done, active)
 
 
 def paired(run: str, episodes: int, order: str = "sorted", seed: int = 7) -> dict:

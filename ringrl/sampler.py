@@ -36,6 +36,7 @@ from ringrl.context import (  # noqa: F401
     build_chain,
     pad_chain,
 )
+from ringrl.ops.layouts import padded_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,32 +52,6 @@ class SamplerConfig:
     order: str = "sorted"  # context order (ringrl.context): sorted by return | played
     success_return: float = float("inf")  # completion-flag level (ringrl.context)
     chain: str = "random"  # random episodes of a group (AT) | consecutive ones of a history (AD)
-
-
-def _valid_length(L: int, block_size: int, seq_shards: int, ring: bool) -> bool:
-    """Whether attention and the blockwise feed-forward accept ``L`` tokens (see ringrl.ops)."""
-    if ring:
-        if L % (2 * seq_shards):
-            return False
-        chunk = L // (2 * seq_shards)
-        local = L // seq_shards
-        return chunk % min(block_size, chunk) == 0 and local % min(block_size, local) == 0
-    return L % min(block_size, L) == 0
-
-
-def padded_steps(
-    steps: int, tokens_per_step: int, block_size: int, seq_shards: int = 1, ring: bool = False
-) -> int:
-    """The smallest ``T >= steps`` whose ``T * tokens_per_step`` tokens the model accepts.
-
-    ``T`` is also a multiple of ``seq_shards`` so that the step arrays shard over ``"seq"``.
-    """
-    T = max(steps, 1)
-    while not (
-        T % seq_shards == 0 and _valid_length(T * tokens_per_step, block_size, seq_shards, ring)
-    ):
-        T += 1
-    return T
 
 
 class ChainSampler:

@@ -77,7 +77,7 @@ def test_presets_are_generated_up_to_date_and_all_load():
 
 
 def test_local_at_presets_chain_whole_episodes_that_tile_the_ring_without_padding():
-    from ringrl.sampler import padded_steps
+    from ringrl.ops.layouts import padded_steps
 
     for path in sorted((ROOT / "configs/local").glob("*/at_*.yaml")):
         cfg = load_config(path)

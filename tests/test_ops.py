@@ -266,7 +266,7 @@ def test_contiguous_layout_is_imbalanced_where_zigzag_is_not():
 
 
 def test_zigzag_round_trip_restores_natural_order():
-    from ringrl.ops.api import from_zigzag, to_zigzag
+    from ringrl.ops.layouts import from_zigzag, to_zigzag
 
     mesh = make_mesh(1, 4)
     x = jnp.arange(2 * L, dtype=jnp.float32).reshape(2, L)

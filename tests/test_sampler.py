@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ringrl.context import ContextRule, build_chain, visible_completion_fraction
-from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig, padded_steps
+from ringrl.ops.layouts import padded_steps
+from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
 
 
 @dataclasses.dataclass

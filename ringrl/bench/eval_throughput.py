@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> dict:
     import jax.numpy as jnp
 
     import envs
-    from ringrl.decode import IncrementalPolicy, Steps
-    from ringrl.evaluate import RecomputePolicy
+    from ringrl.context import Steps
     from ringrl.parallel import make_mesh
+    from ringrl.policies import IncrementalPolicy, RecomputePolicy
 
     task = "dm_control/cartpole-swingup-v0"
     agent = _agent(args)

@@ -85,8 +85,8 @@ class Setup:
         import jax
         from flax import nnx
 
+        from ringrl.ops.layouts import padded_steps
         from ringrl.parallel import make_mesh, shard_batch
-        from ringrl.sampler import padded_steps
         from ringrl.train import init_state, make_train_step
 
         self.tokens = tokens

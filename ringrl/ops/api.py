@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from jax import Array
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from ringrl.ops.blockwise import blockwise_attention
 from ringrl.ops.kernels import KERNELS, Kernel, get_kernel
+from ringrl.ops.layouts import check_ring_length, from_zigzag, ring_layout, to_zigzag
 from ringrl.ops.reference import check_shapes, reference_attention, segments_or_zeros
 from ringrl.ops.ring import ring_attention, ring_block_counts
 
@@ -22,65 +22,9 @@ def _default_mesh() -> Mesh:
     return make_mesh(data=1, seq=-1)
 
 
-def ring_layout(causal: bool) -> str:
-    """Causal attention is load-balanced with the zigzag layout; otherwise order is irrelevant."""
-    return "zigzag" if causal else "contiguous"
-
-
 def _specs(mesh: Mesh, batch: int) -> tuple[P, P]:
     data = "data" if "data" in mesh.axis_names and batch % mesh.shape["data"] == 0 else None
     return P(data, "seq", None, None), P(data, "seq")
-
-
-def _zigzag_moves(R: int, parity: int) -> list[tuple[int, int]]:
-    """Where each device's natural chunk ``2r + parity`` goes under the zigzag layout."""
-    dest = lambda j: j if j < R else 2 * R - 1 - j  # noqa: E731
-    return [(r, dest(2 * r + parity)) for r in range(R)]
-
-
-def to_zigzag(x: Array, axis_name: str) -> Array:
-    """Inside ``shard_map``: natural contiguous shards -> zigzag shards (two ``ppermute``s).
-
-    Device r holds natural chunks ``2r, 2r+1`` (of ``2R``) and must end with chunks ``r`` and
-    ``2R-1-r``. Exactly one of those is even, so every device receives one even and one odd
-    chunk: no gather of the whole sequence ever happens.
-    """
-    R = jax.lax.axis_size(axis_name)
-    if R == 1:
-        return x
-    even, odd = jnp.split(x, 2, axis=1)
-    even = jax.lax.ppermute(even, axis_name, _zigzag_moves(R, 0))
-    odd = jax.lax.ppermute(odd, axis_name, _zigzag_moves(R, 1))
-    d_is_even = jax.lax.axis_index(axis_name) % 2 == 0
-    first = jnp.where(d_is_even, even, odd)
-    second = jnp.where(d_is_even, odd, even)
-    return jnp.concatenate([first, second], axis=1)
-
-
-def from_zigzag(x: Array, axis_name: str) -> Array:
-    """Inverse of :func:`to_zigzag`."""
-    R = jax.lax.axis_size(axis_name)
-    if R == 1:
-        return x
-    first, second = jnp.split(x, 2, axis=1)
-    d_is_even = jax.lax.axis_index(axis_name) % 2 == 0
-    even = jnp.where(d_is_even, first, second)
-    odd = jnp.where(d_is_even, second, first)
-    back = lambda moves: [(dst, src) for src, dst in moves]  # noqa: E731
-    even = jax.lax.ppermute(even, axis_name, back(_zigzag_moves(R, 0)))
-    odd = jax.lax.ppermute(odd, axis_name, back(_zigzag_moves(R, 1)))
-    return jnp.concatenate([even, odd], axis=1)
-
-
-def _check_ring_length(L: int, R: int, layout: str) -> None:
-    if layout not in ("contiguous", "zigzag"):
-        raise ValueError(f"attention() lays sequences out contiguous or zigzag, not {layout!r}")
-    chunks = 2 * R if layout == "zigzag" else R
-    if L % chunks:
-        raise ValueError(
-            f"ring attention over {R} devices with the {layout} layout needs seq ({L}) to be a "
-            f"multiple of {chunks}; pad with negative segment ids"
-        )
 
 
 def _sharded_ring(
@@ -104,7 +48,7 @@ def _sharded_ring(
     """
     layout = layout or ring_layout(causal)
     kernel = get_kernel(kernel)  # resolved once, outside shard_map
-    _check_ring_length(q.shape[1], mesh.shape["seq"], layout)
+    check_ring_length(q.shape[1], mesh.shape["seq"], layout)
     segment_ids = segments_or_zeros(q, segment_ids)
     spec4, spec2 = _specs(mesh, q.shape[0])
     zig = relayout and layout == "zigzag"
@@ -137,7 +81,7 @@ def _sharded_ring(
 def _relayout(x: Array, mesh: Mesh, layout: str, fn) -> Array:
     if layout == "contiguous" or mesh.shape["seq"] == 1:
         return x
-    _check_ring_length(x.shape[1], mesh.shape["seq"], layout)
+    check_ring_length(x.shape[1], mesh.shape["seq"], layout)
     spec = P(*_specs(mesh, x.shape[0])[0][:2], *([None] * (x.ndim - 2)))
     return jax.shard_map(
         lambda x: fn(x, "seq"), mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False

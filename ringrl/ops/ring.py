@@ -42,24 +42,8 @@ from ringrl.backend import Tuning
 from ringrl.ops.blockwise import _get, _put, effective_block
 from ringrl.ops.kernels import Chunk, Kernel, Side, empty_chunk, get_kernel
 from ringrl.ops.kernels.xla import filled
+from ringrl.ops.layouts import LAYOUTS, layout_positions
 from ringrl.ops.reference import segments_or_zeros
-
-LAYOUTS = ("contiguous", "zigzag")
-
-
-def layout_positions(layout: str, index: Array | int, num_shards: int, local_len: int) -> Array:
-    """Global positions ``[local_len]`` (int32) held by shard ``index`` under ``layout``."""
-    i = jnp.asarray(index, jnp.int32)
-    ar = jnp.arange(local_len, dtype=jnp.int32)
-    if layout == "contiguous":
-        return i * local_len + ar
-    if layout == "zigzag":
-        if local_len % 2:
-            raise ValueError(f"zigzag layout needs an even local length, got {local_len}")
-        c = local_len // 2
-        ar = ar[:c]
-        return jnp.concatenate([i * c + ar, (2 * num_shards - 1 - i) * c + ar])
-    raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
 
 
 def pass_blocks(k_BCKD: Array, block: int, pass_bytes: int) -> int:

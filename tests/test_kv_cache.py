@@ -8,9 +8,10 @@ from flax import nnx
 
 from agents import BC, AgenticTransformer
 from agents.agentic import AgentConfig, _predict
-from ringrl.decode import IncrementalPolicy, decode_step, init_cache
+from ringrl.kv_cache import decode_step, init_cache
 from ringrl.model import Transformer, TransformerConfig
 from ringrl.parallel import make_mesh
+from ringrl.policies import IncrementalPolicy
 from ringrl.sampler import pad_chain
 
 OBS, ACT = 3, 2
