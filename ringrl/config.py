@@ -18,29 +18,13 @@ from typing import Any
 
 import yaml
 
-from ringrl.ops import IMPLS, KERNELS
+from ringrl.model import TransformerConfig
 
 KINDS = ("at", "dt", "bc", "ad")  # Agentic Transformer, Decision Transformer, BC, AD
 
 
 class ConfigError(ValueError):
     """An invalid config: unknown key, wrong type or bad value (the message names the key)."""
-
-
-@dataclasses.dataclass
-class ModelConfig:
-    num_layers: int = 4  # AT: 4 layers (RA paper: a "350M" model, see configs/paper)
-    d_model: int = 256  # AT: 256
-    num_heads: int = 8  # AT: 8
-    num_kv_heads: int = 8
-    mlp_ratio: int = 4
-    dropout: float = 0.1  # AT: 0.1
-    attention: str = "vanilla"  # vanilla | blockwise | ring
-    block_size: int = 512  # attention / feed-forward block (also sets sequence padding)
-    compute_dtype: str = "float32"  # float32 | bfloat16
-    remat: bool = True
-    feedforward: str = "blockwise"  # blockwise (BPT) | full (ordinary MLP over the whole sequence)
-    kernel: str = "auto"  # attention kernel: auto (pallas on GPU, xla elsewhere) | xla | pallas
 
 
 @dataclasses.dataclass
@@ -100,16 +84,14 @@ class TrainConfig:
 @dataclasses.dataclass
 class Config:
     name: str = "run"
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: TransformerConfig = dataclasses.field(default_factory=TransformerConfig)
     agent: AgentSection = dataclasses.field(default_factory=AgentSection)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
     def validate(self) -> Config:
-        checks = [
-            ("model.attention", self.model.attention in IMPLS, f"one of {IMPLS}"),
-            ("model.compute_dtype", self.model.compute_dtype in ("float32", "bfloat16"), "dtype"),
+        checks = [  # (the model: section checks itself: TransformerConfig)
             ("agent.kind", self.agent.kind in KINDS, f"one of {', '.join(KINDS)}"),
             ("agent.tokens_per_step", self.agent.tokens_per_step in (1, 3, 4), "1, 3 or 4"),
             ("agent.completion_quantile", 0 <= self.agent.completion_quantile <= 1, "in [0, 1]"),
@@ -121,8 +103,7 @@ class Config:
             ("agent.num_trajectories", self.agent.num_trajectories >= 1, ">= 1"),
             ("data.top_fraction", 0 < self.data.top_fraction <= 1, "in (0, 1]"),
             ("model.block_size", self.model.block_size >= 1, ">= 1"),
-            ("model.feedforward", self.model.feedforward in ("blockwise", "full"), "either"),
-            ("model.kernel", self.model.kernel in KERNELS, f"one of {KERNELS}"),
+            ("model.causal", self.model.causal, "true (an agent's action sees only the past)"),
             ("train.steps", self.train.steps >= 1, ">= 1"),
             ("train.batch_size", self.train.batch_size >= 1, ">= 1"),
             ("train.log_every", self.train.log_every >= 1, ">= 1"),
@@ -182,7 +163,10 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
             kwargs[key] = from_dict(tp, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _check_value(prefix + key, tp, value)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as bad:  # a section's own checks (TransformerConfig's): name the section
+        raise ConfigError(f"{prefix}{bad}") from None
 
 
 def to_dict(cfg: Config) -> dict:

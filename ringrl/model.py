@@ -39,34 +39,41 @@ FEEDFORWARDS = ("blockwise", "full")
 
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
-    num_layers: int = 4
-    d_model: int = 256
-    num_heads: int = 8
+    """The Transformer's hyperparameters: the ``model:`` section of a training config, as is
+    (:class:`ringrl.config.Config`). Paper values: Agentic Transformer reimplementation."""
+
+    num_layers: int = 4  # AT: 4 layers (RA paper: a "350M" model, see configs/paper)
+    d_model: int = 256  # AT: 256
+    num_heads: int = 8  # AT: 8
     num_kv_heads: int = 8  # < num_heads: grouped-query attention
     mlp_ratio: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1  # AT: 0.1
     attention: str = "vanilla"  # vanilla | blockwise | ring
-    block_size: int = 512  # attention and feed-forward block
-    compute_dtype: str = "float32"  # or "bfloat16" (parameters stay float32)
+    block_size: int = 512  # attention / feed-forward block (also sets sequence padding)
+    compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
     remat: bool = True  # rematerialise each layer's activations in the backward pass
-    causal: bool = True
-    feedforward: str = "blockwise"  # position-wise parts block by block | "full": whole sequence
-    kernel: str = "auto"  # attention kernel of blockwise/ring: auto (pallas on GPU) | xla | pallas
+    causal: bool = True  # agents: always (an action sees only the past)
+    feedforward: str = "blockwise"  # blockwise (BPT) | full (ordinary MLP over the whole sequence)
+    kernel: str = "auto"  # attention kernel: auto (pallas on GPU, xla elsewhere) | xla | pallas
 
     def __post_init__(self):
         if self.attention not in IMPLS:
-            raise ValueError(f"attention must be one of {IMPLS}, got {self.attention!r}")
+            raise ValueError(f"attention: expected one of {IMPLS}, got {self.attention!r}")
         if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+            raise ValueError(f"kernel: expected one of {KERNELS}, got {self.kernel!r}")
         if self.d_model % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must divide by num_heads ({self.num_heads}) and "
                 f"num_heads by num_kv_heads ({self.num_kv_heads})"
             )
         if self.compute_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype}")
+            raise ValueError(
+                f"compute_dtype: expected float32 or bfloat16, got {self.compute_dtype!r}"
+            )
         if self.feedforward not in FEEDFORWARDS:
-            raise ValueError(f"feedforward must be one of {FEEDFORWARDS}, got {self.feedforward!r}")
+            raise ValueError(
+                f"feedforward: expected one of {FEEDFORWARDS}, got {self.feedforward!r}"
+            )
 
     @property
     def dtype(self) -> jnp.dtype:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import functools
 import json
 import resource
@@ -112,7 +113,7 @@ def run_config(study: dict, agent: str, N: int, seed: int):
     cfg = from_dict(Config, data)
     steps = cfg.agent.steps_per_trajectory * N * max(cfg.agent.tokens_per_step, 1)
     if steps >= RING_TOKENS:  # a long chain: exact ring attention over the host's devices
-        cfg.model.attention = "ring"
+        cfg.model = dataclasses.replace(cfg.model, attention="ring")
         cfg.train.mesh_seq = -1
     return cfg.validate()
 

@@ -17,7 +17,6 @@ one-line error with exit code 2, before ``config.yaml`` or anything else of the 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -36,7 +35,6 @@ from agents import BC, AgenticTransformer, AlgorithmDistillation, DecisionTransf
 from agents.agentic import AgentConfig
 from ringrl.config import Config, ConfigError, add_override_argument, load_config
 from ringrl.context import completion_level, data_scales, has_visible_completion
-from ringrl.model import TransformerConfig
 from ringrl.parallel import make_mesh, shard_batch
 from ringrl.sampler import ChainSampler, Prefetcher, SamplerConfig
 
@@ -71,10 +69,6 @@ def agent_config(cfg: Config, obs_dim: int, act_dim: int, discrete: bool = False
         context_steps=a.num_trajectories * a.steps_per_trajectory,
         discrete=discrete,
     )
-
-
-def transformer_config(cfg: Config) -> TransformerConfig:
-    return TransformerConfig(**dataclasses.asdict(cfg.model))
 
 
 def sampler_config(
@@ -157,7 +151,7 @@ def init_state(
     seed = cfg.train.seed
     agent = AGENTS[cfg.agent.kind](
         agent_config(cfg, obs_dim, act_dim, discrete),
-        transformer_config(cfg),
+        cfg.model,
         rngs=nnx.Rngs(params=seed, dropout=seed),
         **(stats or {}),
     )

@@ -86,3 +86,24 @@ def test_local_at_presets_chain_whole_episodes_that_tile_the_ring_without_paddin
         steps = a.num_trajectories * a.steps_per_trajectory
         ring = m.attention == "ring"
         assert padded_steps(steps, a.tokens_per_step, m.block_size, t.mesh_seq, ring) == steps
+
+
+def test_model_section_is_the_transformers_own_config():
+    from ringrl.model import TransformerConfig
+
+    cfg = load_config(None, ["model.num_layers=2", "model.kernel=xla"])
+    assert type(cfg.model) is TransformerConfig
+    assert (cfg.model.num_layers, cfg.model.kernel) == (2, "xla")
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.num_heads=3", "model.d_model"),
+        ("model.compute_dtype=float16", "model.compute_dtype"),
+        ("model.causal=false", "model.causal"),
+    ],
+)
+def test_model_section_checks_are_config_errors_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
