@@ -11,6 +11,9 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
+
+import pytest
 
 from ringrl.cli import emulate_host_devices, prefer_wide_vectors  # jax-free: before jax loads
 
@@ -24,3 +27,29 @@ import jax  # noqa: E402  (after the XLA flags above)
 _CACHE = tempfile.mkdtemp(prefix="ringrl-tests-jax-cache-")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
+
+
+@pytest.fixture
+def run_notebook(monkeypatch):
+    """``run_notebook(path, **env) -> (figures, text)``: execute a notebook from the repository
+    root with environment variables ``env`` set; the number of figures it displayed and all
+    the text it printed."""
+
+    def run(path: Path, **env: str) -> tuple[int, str]:
+        import nbformat
+        from nbclient import NotebookClient
+
+        for key, value in env.items():
+            monkeypatch.setenv(key, str(value))
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(
+            nb,
+            timeout=300,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(Path(__file__).resolve().parent.parent)}},
+        ).execute(env=dict(os.environ))
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        figures = sum(o.get("output_type") == "display_data" for o in outputs)
+        return figures, "".join(o.get("text", "") for o in outputs)
+
+    return run

@@ -205,9 +205,9 @@ def test_blockwise_map_passes_each_block_its_index():
 
 
 def test_config_rejects_unknown_attention_and_feedforward():
-    with pytest.raises(ValueError, match="attention must be one of"):
+    with pytest.raises(ValueError, match="attention: expected one of"):
         TransformerConfig(attention="flash")
-    with pytest.raises(ValueError, match="feedforward must be one of"):
+    with pytest.raises(ValueError, match="feedforward: expected one of"):
         TransformerConfig(feedforward="chunked")
 
 

@@ -2,7 +2,6 @@
 long-histories notebook on it, and the study's rules (equal tokens per N)."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -135,24 +134,15 @@ def test_unknown_task_is_a_one_line_error(capsys, tmp_path):
     assert "no scaling preset" in err and len(err.splitlines()) == 1
 
 
-def test_long_histories_notebook_executes_on_the_tiny_study(study, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
+def test_long_histories_notebook_executes_on_the_tiny_study(study, run_notebook):
     _, run_dir, _ = study
-    monkeypatch.setenv("RINGRL_SCALING_RUN", str(run_dir))
-    monkeypatch.setenv("RINGRL_NOTEBOOK_EPISODES", "4")  # > N = 2: evicts
-    monkeypatch.setenv("RINGRL_NOTEBOOK_TRIALS", "2")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent.parent)}},
-    ).execute(env=dict(os.environ))
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert sum(o.get("output_type") == "display_data" for o in outputs) >= 2
-    text = "".join(o.get("text", "") for o in outputs)
+    figures, text = run_notebook(
+        NOTEBOOK,
+        RINGRL_SCALING_RUN=run_dir,
+        RINGRL_NOTEBOOK_EPISODES=4,  # > N = 2: evicts
+        RINGRL_NOTEBOOK_TRIALS=2,
+    )
+    assert figures >= 2
     summary = json.loads(text.strip().splitlines()[-1])
     assert summary["n"] == 2 and len(summary["attention_mass_on_earlier_episodes"]) == 1
 
