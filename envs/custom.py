@@ -41,6 +41,13 @@ task classes and replacing only what URLB changes.
   identically). Reward (inherited): ``tolerance(|tcp - brick|, bounds=(0, 0.05), margin=0.05)``
   (gaussian sigmoid). Action: 9-dim (6 arm joint velocities + 3 finger velocities); observation:
   55 features (arm joints pos/torque/vel, hand joints, pinch-site pose, brick pose/velocities).
+
+* **cartpole swingup, action repeat 8** (``ringrl/cartpole-swingup_ar8-v0``; not a URLB task:
+  the Table-5 family at a horizon hundreds of episodes can reach). The suite's cartpole swingup
+  with a control step of 8 physics steps (``n_sub_steps=8``, 0.08 s): the same 10 s episode in
+  125 decisions. dm_control computes the reward once per decision (the suite's reward at its
+  end), so returns lie in ``[0, 125]``, not the suite's ``[0, 1000]``: **not comparable to
+  Table 5**.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from collections.abc import Callable
 
 import dm_env
 import numpy as np
-from dm_control import composer
+from dm_control import composer, suite
 from dm_control.composer import initializers
 from dm_control.composer.variation import distributions
 from dm_control.entities import props
@@ -220,10 +227,30 @@ def _jaco_builder(target: str) -> Callable[[int | None], dm_env.Environment]:
     return lambda seed=None: jaco_reach(target, seed)
 
 
+# --- cartpole swingup at action repeat 8 ----------------------------------------------------
+
+CARTPOLE_ACTION_REPEAT = 8
+CARTPOLE_AR8_STEPS = 1000 // CARTPOLE_ACTION_REPEAT  # the suite's 10 s of 0.01 s steps: 125
+
+
+def cartpole_swingup_ar8(seed: int | None = None) -> control.Environment:
+    """The suite's cartpole swingup deciding every 8 physics steps (125 decisions of 0.08 s)."""
+    return suite.load(
+        "cartpole",
+        "swingup",
+        task_kwargs={"random": seed},
+        environment_kwargs={"n_sub_steps": CARTPOLE_ACTION_REPEAT},
+    )
+
+
 #: gymnasium id -> builder ``(seed) -> dm_env.Environment`` for every task defined here.
 CUSTOM_BUILDERS: dict[str, Callable[[int | None], dm_env.Environment]] = {
     "ringrl/quadruped-stand-v0": quadruped_stand,
     "ringrl/quadruped-jump-v0": quadruped_jump,
     "ringrl/cheetah-run_backward-v0": cheetah_run_backward,
     **{f"ringrl/jaco-{target}-v0": _jaco_builder(target) for target in JACO_TARGETS},
+    "ringrl/cartpole-swingup_ar8-v0": cartpole_swingup_ar8,
 }
+
+#: episode lengths of the tasks here that are not the default 1000 steps (jaco: 250)
+CUSTOM_EPISODE_STEPS: dict[str, int] = {"ringrl/cartpole-swingup_ar8-v0": CARTPOLE_AR8_STEPS}

@@ -7,7 +7,8 @@ Task ids are gymnasium ids:
 * dm_control suite tasks through shimmy: ``dm_control/<domain>-<task>-v0``;
 * the URLB/ExoRL tasks missing from the suite (see :mod:`envs.custom`), registered here:
   ``ringrl/quadruped-stand-v0``, ``ringrl/quadruped-jump-v0``,
-  ``ringrl/cheetah-run_backward-v0``, ``ringrl/jaco-reach_{top,bottom}_{left,right}-v0``;
+  ``ringrl/cheetah-run_backward-v0``, ``ringrl/jaco-reach_{top,bottom}_{left,right}-v0``, and
+  ``ringrl/cartpole-swingup_ar8-v0`` (cartpole swingup deciding every 8 physics steps);
 * the task families for in-context RL (see :mod:`envs.families`), registered here:
   ``ringrl/bandit-v0``, ``ringrl/darkroom-v0``, ``ringrl/darkroom_hard-v0`` (:data:`TASK_FAMILIES`);
 * ``"package.module:EnvId-v0"``: ``package.module`` is imported first (it registers
@@ -30,7 +31,7 @@ import numpy as np
 import shimmy  # noqa: F401  (registers the dm_control/* ids)
 from shimmy.dm_control_compatibility import DmControlCompatibilityV0
 
-from envs.custom import CUSTOM_BUILDERS
+from envs.custom import CUSTOM_BUILDERS, CUSTOM_EPISODE_STEPS
 from envs.dmc import DmControlEnv, is_dm_control_id, load_dm_env
 from envs.families import FAMILY_SPECS
 from envs.wrappers import MujocoEnv
@@ -180,7 +181,8 @@ def is_task_family(task: str) -> bool:
 
 
 def max_episode_steps(task: str) -> int:
-    """Episode length: 250 for jaco, 1000 for other dm_control tasks and MuJoCo locomotion.
+    """Episode length: 250 for jaco, 125 for cartpole swingup at action repeat 8, 1000 for other
+    dm_control tasks and MuJoCo locomotion.
 
     Other gymnasium ids use their registered ``max_episode_steps`` (the bandit 1, Dark Room 20).
     """
@@ -189,6 +191,8 @@ def max_episode_steps(task: str) -> int:
         return FAMILY_SPECS[task_id][2]
     if task_id.startswith("ringrl/jaco-"):
         return JACO_EPISODE_STEPS
+    if task_id in CUSTOM_EPISODE_STEPS:
+        return CUSTOM_EPISODE_STEPS[task_id]
     if is_dm_control_id(task_id):
         return DEFAULT_EPISODE_STEPS
     steps = _spec(task_id).max_episode_steps

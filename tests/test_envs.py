@@ -329,3 +329,27 @@ def test_make_accepts_a_gymnasium_env_without_mujoco_physics():
     assert "physics" not in info
     obs, *_ = env.step(env.action_space.sample())
     assert obs.dtype == np.float32
+
+
+def test_cartpole_swingup_ar8_decides_every_8_physics_steps_for_125_decisions():
+    from envs.dmc import load_dm_env
+
+    ar8 = load_dm_env("ringrl/cartpole-swingup_ar8-v0", seed=5)
+    native = load_dm_env("dm_control/cartpole-swingup-v0", seed=5)
+    ar8.reset(), native.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        action = rng.uniform(-1, 1, 1)
+        step = ar8.step(action)
+        for _ in range(8):
+            last = native.step(action)
+        np.testing.assert_array_equal(step.observation["position"], last.observation["position"])
+        assert step.reward == pytest.approx(last.reward)  # the reward at the decision's end
+    assert envs.max_episode_steps("ringrl/cartpole-swingup_ar8-v0") == 125
+    env = envs.make("ringrl/cartpole-swingup_ar8-v0", seed=0)
+    env.reset(seed=1)
+    steps, done = 0, False
+    while not done:
+        *_, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps, done = steps + 1, terminated or truncated
+    assert steps == 125
