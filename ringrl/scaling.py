@@ -193,7 +193,16 @@ def train_and_evaluate(study: dict, run_dir: Path, agent: str, N: int, seed: int
     ds = _dataset(str(data))
     if train(cfg, rdir, progress=False, dataset=ds) != 0:
         raise RuntimeError(f"training {rdir} stopped on a non-finite loss")
-    train_wall, train_cpu = time.perf_counter() - t0, _cpu_s() - c0
+    # the training's cost, summed over the invocations that trained it (an evaluation that
+    # failed after its training, then reused, still reports what the training took)
+    cost_path = rdir / "scaling_train_cost.json"
+    cost = _read_json(cost_path) or {"wall_s": 0.0, "cpu_s": 0.0}
+    cost = {
+        "wall_s": cost["wall_s"] + time.perf_counter() - t0,
+        "cpu_s": cost["cpu_s"] + _cpu_s() - c0,
+    }
+    _write_json(cost_path, cost)
+    train_wall, train_cpu = cost["wall_s"], cost["cpu_s"]
     agent_obj, cfg, ds, step = load_agent(rdir, dataset=ds)
     t1, c1 = time.perf_counter(), _cpu_s()
     returns, info = run_trials(

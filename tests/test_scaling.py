@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from ringrl.cli import main
-from ringrl.scaling import load_study, metric_values, run_config, run_study
+from ringrl.scaling import load_study, metric_values, run_config, run_study, train_and_evaluate
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "long_histories.ipynb"
 
@@ -80,6 +80,17 @@ def test_runs_get_their_own_reset_seeds(study):
         for p in (run_dir / "runs").glob("*/*/scaling_eval.json")
     ]
     assert len(firsts) == 2 and len(set(firsts)) == 2
+
+
+def test_a_runs_training_cost_survives_a_failed_evaluation(study, monkeypatch):
+    s, run_dir, _ = study
+    rdir = run_dir / "runs" / "ad_n1" / "seed0"
+    stored = json.loads((rdir / "scaling_train_cost.json").read_text())
+    ev = json.loads((rdir / "scaling_eval.json").read_text())
+    assert stored["cpu_s"] > 0 and ev["train_cpu_s"] == round(stored["cpu_s"], 1)
+    (rdir / "scaling_eval.json").unlink()  # as if its evaluation had crashed
+    again = train_and_evaluate(s, run_dir, "ad", 1, 0, method=0)  # training reused
+    assert again["train_cpu_s"] >= ev["train_cpu_s"]  # the first training still counted
 
 
 def test_a_finished_study_is_reused_not_redone(study):
