@@ -265,7 +265,8 @@ class AgenticTransformer(nnx.Module):
         mesh: Mesh | None = None,
     ) -> np.ndarray:
         """The output ``[act_dim]`` for the last step of ``history`` (see :meth:`context`): the
-        action, or (discrete) the logits; :class:`ActionChooser` turns logits into an action."""
+        action, or (discrete) the logits; :class:`ringrl.policies.ActionChooser` turns logits into
+        an action."""
         m = self.transformer.cfg
         ring = m.attention == "ring"
         shards = (mesh.shape["seq"] if mesh is not None else jax.device_count()) if ring else 1
@@ -294,43 +295,6 @@ def one_hot(actions: np.ndarray, num_actions: int) -> np.ndarray:
     out = np.zeros((len(a), num_actions), np.float32)
     out[np.arange(len(a)), a.astype(np.int64)] = 1.0
     return out
-
-
-class ActionChooser:
-    """Model outputs ``[E, act_dim]`` -> the actions taken, as the model reads them back.
-
-    Continuous: the output is the action. Discrete: the output is logits; ``"greedy"`` takes the
-    argmax, ``"sample"`` (Algorithm Distillation's) draws from the softmax with a seeded
-    generator; either way the action comes back one-hot ``[E, num_actions]`` (what the context
-    holds) -- :meth:`env_actions` gives the integers an environment takes.
-    """
-
-    MODES = ("sample", "greedy")
-
-    def __init__(self, discrete: bool, mode: str = "sample", seed: int = 0):
-        if mode not in self.MODES:
-            raise ValueError(f"action selection must be one of {self.MODES}, got {mode!r}")
-        self.discrete, self.mode = discrete, mode
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, out_EA: np.ndarray) -> np.ndarray:
-        out_EA = np.asarray(out_EA, np.float32)
-        if not self.discrete:
-            return out_EA
-        E, A = out_EA.shape
-        if self.mode == "greedy":
-            idx = out_EA.argmax(-1)
-        else:
-            z = out_EA.astype(np.float64)
-            p = np.exp(z - z.max(-1, keepdims=True))
-            cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
-            idx = np.minimum((cum < self.rng.random((E, 1))).sum(-1), A - 1)
-        return one_hot(idx, A)
-
-    @staticmethod
-    def env_actions(act_EA: np.ndarray) -> np.ndarray:
-        """One-hot actions ``[E, A]`` -> int64 ``[E]``."""
-        return np.asarray(act_EA).argmax(-1).astype(np.int64)
 
 
 @nnx.jit(static_argnames=("mesh",))

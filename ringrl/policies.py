@@ -6,6 +6,7 @@
 * :class:`RecomputePolicy`: the same agent running its whole context at every step (DT, BC:
   windows shorter than an episode).
 * :func:`make_policy` picks one of the two; :class:`PairedPolicy` runs both on one history.
+* :class:`ActionChooser`: model outputs to actions (discrete: greedy or sampled from the logits).
 
 Both agent policies build their context with the one context rule (:mod:`ringrl.context`), so
 they choose the same actions to float rounding. Shape suffixes: E environments, O observation
@@ -33,6 +34,46 @@ from ringrl.context import (
 )
 from ringrl.kv_cache import decode_step, init_cache, reset_rows
 from ringrl.ops.layouts import padded_steps
+
+# ---- actions from model outputs -----------------------------------------------------------------
+
+
+class ActionChooser:
+    """Model outputs ``[E, act_dim]`` -> the actions taken, as the model reads them back.
+
+    Continuous: the output is the action. Discrete: the output is logits; ``"greedy"`` takes the
+    argmax, ``"sample"`` (Algorithm Distillation's) draws from the softmax with a seeded
+    generator; either way the action comes back one-hot ``[E, num_actions]`` (what the context
+    holds) -- :meth:`env_actions` gives the integers an environment takes.
+    """
+
+    MODES = ("sample", "greedy")
+
+    def __init__(self, discrete: bool, mode: str = "sample", seed: int = 0):
+        if mode not in self.MODES:
+            raise ValueError(f"action selection must be one of {self.MODES}, got {mode!r}")
+        self.discrete, self.mode = discrete, mode
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, out_EA: np.ndarray) -> np.ndarray:
+        out_EA = np.asarray(out_EA, np.float32)
+        if not self.discrete:
+            return out_EA
+        E, A = out_EA.shape
+        if self.mode == "greedy":
+            idx = out_EA.argmax(-1)
+        else:
+            z = out_EA.astype(np.float64)
+            p = np.exp(z - z.max(-1, keepdims=True))
+            cum = np.cumsum(p / p.sum(-1, keepdims=True), -1)
+            idx = np.minimum((cum < self.rng.random((E, 1))).sum(-1), A - 1)
+        return np.eye(A, dtype=np.float32)[idx]
+
+    @staticmethod
+    def env_actions(act_EA: np.ndarray) -> np.ndarray:
+        """One-hot actions ``[E, A]`` -> int64 ``[E]``."""
+        return np.asarray(act_EA).argmax(-1).astype(np.int64)
+
 
 # ---- baselines ---------------------------------------------------------------------------------
 
@@ -95,8 +136,6 @@ class RecomputePolicy:
         actions: str = "sample",
         seed: int = 0,
     ):
-        from agents.agentic import ActionChooser
-
         self.agent, self.E, self.target, self.mesh = agent, num_envs, float(target_return), mesh
         self.choose = ActionChooser(agent.cfg.discrete, actions, seed)
         self.rule = agent.context_rule(max_episode_steps, order)
@@ -202,8 +241,6 @@ class IncrementalPolicy:
         actions: str = "sample",
         seed: int = 0,
     ):
-        from agents.agentic import ActionChooser
-
         self.agent, self.mesh, self.E = agent, mesh, num_envs
         self.choose = ActionChooser(agent.cfg.discrete, actions, seed)
         self.target = float(target_return)

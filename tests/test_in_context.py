@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from agents import AgenticTransformer, AlgorithmDistillation
-from agents.agentic import ActionChooser, AgentConfig, _predict, one_hot
+from agents.agentic import AgentConfig, _predict, one_hot
 from agents.oracles import ExplorerPolicy, ThompsonPolicy
 from ringrl.context import EpisodeTable, Steps, build_chain, pad_chain
 from ringrl.evaluate import (
@@ -18,7 +18,7 @@ from ringrl.evaluate import (
     trial_task_ids,
 )
 from ringrl.model import TransformerConfig
-from ringrl.policies import IncrementalPolicy
+from ringrl.policies import ActionChooser, IncrementalPolicy
 from ringrl.sampler import ChainSampler, SamplerConfig
 
 OBS, A = 2, 5
