@@ -30,26 +30,19 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
 @pytest.fixture
-def run_notebook(monkeypatch):
+def run_notebook():
     """``run_notebook(path, **env) -> (figures, text)``: execute a notebook from the repository
-    root with environment variables ``env`` set; the number of figures it displayed and all
-    the text it printed."""
+    root (``scripts/execute_notebook.py``) with environment variables ``env`` added; the number
+    of figures it displayed and all the text it printed."""
+    import importlib.util
 
-    def run(path: Path, **env: str) -> tuple[int, str]:
-        import nbformat
-        from nbclient import NotebookClient
+    script = Path(__file__).resolve().parent.parent / "scripts" / "execute_notebook.py"
+    spec = importlib.util.spec_from_file_location("execute_notebook", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
-        for key, value in env.items():
-            monkeypatch.setenv(key, str(value))
-        nb = nbformat.read(path, as_version=4)
-        NotebookClient(
-            nb,
-            timeout=300,
-            kernel_name="python3",
-            resources={"metadata": {"path": str(Path(__file__).resolve().parent.parent)}},
-        ).execute(env=dict(os.environ))
-        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-        figures = sum(o.get("output_type") == "display_data" for o in outputs)
-        return figures, "".join(o.get("text", "") for o in outputs)
+    def run(path: Path, **env: object) -> tuple[int, str]:
+        figures, text = module.execute(path, {**os.environ, **{k: str(v) for k, v in env.items()}})
+        return len(figures), text
 
     return run
