@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ringrl.bench.cli import command_main
 from ringrl.bench.common import (
     attention_flops,
     compiled_memory,
@@ -369,10 +370,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
+main = command_main(__doc__, add_arguments, run)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import contextlib
 import functools
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 BENCHES = {
     "attention": ("ringrl.bench.attention", "attention paths: time, FLOP/s, memory, error, peer"),
@@ -23,6 +23,22 @@ BENCHES = {
 }
 
 USAGE = "usage: ringrl bench NAME [ARGS]"
+
+
+def command_main(
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> Callable[[list[str] | None], int]:
+    """A benchmark's ``main(argv) -> exit code``: its parser (described by the first line of
+    ``doc``, options from ``add_arguments``), then ``run`` on the parsed arguments."""
+
+    def main(argv: list[str] | None = None) -> int:
+        p = argparse.ArgumentParser(description=doc.splitlines()[0])
+        add_arguments(p)
+        return run(p.parse_args(argv))
+
+    return main
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

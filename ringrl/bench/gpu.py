@@ -31,6 +31,8 @@ import argparse
 import statistics
 import sys
 
+from ringrl.bench.cli import command_main
+
 PEAK_BF16 = 989e12  # dense bf16 FLOP/s of an H100/H200 SXM (datasheet)
 
 FULL = dict(seqs=[16384, 32768, 65536, 131072], head_dims=[64, 128], train=[32768, 131072])
@@ -267,10 +269,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
+main = command_main(__doc__, add_arguments, run)
 
 
 if __name__ == "__main__":
