@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringrl.policies import (  # noqa: F401  (Policy, RandomPolicy: also ringrl.evaluate's API)
+from ringrl.policies import (
     ConstantPolicy,
     PairedPolicy,
     Policy,
