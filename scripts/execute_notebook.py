@@ -46,9 +46,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = dict(os.environ)
     for item in args.env:
-        key, _, value = item.partition("=")
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            print(f"error: --env {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
         env[key] = value
-    figures, printed = execute(args.notebook, env, args.timeout)
+    from nbclient.exceptions import CellExecutionError
+
+    try:
+        figures, printed = execute(args.notebook, env, args.timeout)
+    except CellExecutionError as failed:  # the notebook's own error, in one line
+        print(
+            f"error: {args.notebook}: a cell failed: {failed.ename}: {failed.evalue}",
+            file=sys.stderr,
+        )
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.notebook.stem
     for i, png in enumerate(figures):

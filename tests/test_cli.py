@@ -225,3 +225,19 @@ def test_scripts_answer_a_missing_path_with_one_line_and_exit_2(capsys):
     assert run_script(module.main, ["nosuch.hdf5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nosuch.hdf5" in err[0]
+
+
+def test_execute_notebook_answers_a_missing_notebook_or_bad_env_with_one_line(capsys, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "execute_notebook.py"
+    spec = importlib.util.spec_from_file_location("execute_notebook", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["nosuch.ipynb", "--out", str(tmp_path)]) == 2
+    assert "nosuch.ipynb" in capsys.readouterr().err
+    notebook = str(path.parents[1] / "notebooks" / "long_histories.ipynb")
+    assert module.main([notebook, "--out", str(tmp_path), "--env", "NOEQUALS"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NOEQUALS" in err[0] and "KEY=VALUE" in err[0]
