@@ -5,6 +5,12 @@ functions anew, so the cache-vs-recompute tests compile identical programs over 
 persistent compilation cache, in a fresh directory per test process that is removed at exit,
 hands back the executable compiled earlier in the run instead: what runs is the same program.
 Subprocesses that tests start do not inherit it (``ringrl train`` tests set their own).
+
+The tests compile hundreds of small programs and run each only a few times, so most of their
+time is LLVM optimising the machine code XLA emits. They compile with LLVM at ``-O0``
+(``--xla_backend_optimization_level=0``): the same HLO, the same fusions and the same
+arithmetic, only less optimised machine code; this halves the suite's compile-bound tests.
+Subprocesses inherit it through ``XLA_FLAGS``. The CLI and the benchmarks keep XLA's default.
 """
 
 import atexit
@@ -19,6 +25,8 @@ from ringrl.cli import emulate_host_devices, prefer_wide_vectors  # jax-free: be
 
 emulate_host_devices(8)
 prefer_wide_vectors()  # the code the CLI runs: 512-bit vectors on AVX-512 hosts
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
