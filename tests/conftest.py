@@ -14,9 +14,11 @@ Subprocesses inherit it through ``XLA_FLAGS``. The CLI and the benchmarks keep X
 """
 
 import atexit
+import importlib.util
 import os
 import shutil
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
@@ -37,17 +39,27 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 
 
+def _load_file(relative: str) -> types.ModuleType:
+    """The repository's file ``relative`` (a script, not a package module), imported."""
+    path = Path(__file__).resolve().parent.parent / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def load_file():
+    """``load_file("scripts/x.py") -> module``: a script of the repository, imported."""
+    return _load_file
+
+
 @pytest.fixture
 def run_notebook():
     """``run_notebook(path, **env) -> (figures, text)``: execute a notebook from the repository
     root (``scripts/execute_notebook.py``) with environment variables ``env`` added; the number
     of figures it displayed and all the text it printed."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parent.parent / "scripts" / "execute_notebook.py"
-    spec = importlib.util.spec_from_file_location("execute_notebook", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_file("scripts/execute_notebook.py")
 
     def run(path: Path, **env: object) -> tuple[int, str]:
         figures, text = module.execute(path, {**os.environ, **{k: str(v) for k, v in env.items()}})

@@ -212,32 +212,24 @@ def test_unknown_benchmark_names_the_known_ones(capsys):
     assert "unknown benchmark 'nosuch'; known: attention, context" in line
 
 
-def test_scripts_answer_a_missing_path_with_one_line_and_exit_2(capsys):
-    import importlib.util
-    from pathlib import Path
-
+def test_scripts_answer_a_missing_path_with_one_line_and_exit_2(capsys, load_file):
     from ringrl.cli import run_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "completion_flags.py"
-    spec = importlib.util.spec_from_file_location("completion_flags", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file("scripts/completion_flags.py")
     assert run_script(module.main, ["nosuch.hdf5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nosuch.hdf5" in err[0]
 
 
-def test_execute_notebook_answers_a_missing_notebook_or_bad_env_with_one_line(capsys, tmp_path):
-    import importlib.util
+def test_execute_notebook_answers_a_missing_notebook_or_bad_env_with_one_line(
+    capsys, tmp_path, load_file
+):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "execute_notebook.py"
-    spec = importlib.util.spec_from_file_location("execute_notebook", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file("scripts/execute_notebook.py")
     assert module.main(["nosuch.ipynb", "--out", str(tmp_path)]) == 2
     assert "nosuch.ipynb" in capsys.readouterr().err
-    notebook = str(path.parents[1] / "notebooks" / "long_histories.ipynb")
+    notebook = str(Path(__file__).resolve().parents[1] / "notebooks" / "long_histories.ipynb")
     assert module.main([notebook, "--out", str(tmp_path), "--env", "NOEQUALS"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NOEQUALS" in err[0] and "KEY=VALUE" in err[0]

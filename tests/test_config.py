@@ -52,12 +52,8 @@ def test_a_yaml_file_round_trips(tmp_path):
         load_config(tmp_path / "bad.yaml")
 
 
-def test_presets_are_generated_up_to_date_and_all_load():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("generate", ROOT / "configs" / "generate.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+def test_presets_are_generated_up_to_date_and_all_load(load_file):
+    gen = load_file("configs/generate.py")
     files = gen.render()
     assert len(files) == 2 * 6 * 5
     on_disk = set((ROOT / "configs").glob("*/*/*.yaml"))
