@@ -149,14 +149,19 @@ def init_state(
     ``stats``: :func:`data_statistics` (None: placeholders, restored from a checkpoint).
     """
     seed = cfg.train.seed
-    agent = AGENTS[cfg.agent.kind](
-        agent_config(cfg, obs_dim, act_dim, discrete),
-        cfg.model,
-        rngs=nnx.Rngs(params=seed, dropout=seed),
-        **(stats or {}),
-    )
-    opt = nnx.Optimizer(agent, make_optimizer(cfg), wrt=nnx.Param)
-    graphdef, rng_state, state = nnx.split((agent, opt), nnx.RngState, ...)
+
+    def create() -> tuple[nnx.Module, nnx.Optimizer]:
+        agent = AGENTS[cfg.agent.kind](
+            agent_config(cfg, obs_dim, act_dim, discrete),
+            cfg.model,
+            rngs=nnx.Rngs(params=seed, dropout=seed),
+            **(stats or {}),
+        )
+        return agent, nnx.Optimizer(agent, make_optimizer(cfg), wrt=nnx.Param)
+
+    # One compiled program for the whole initialisation (the same values as running it op by
+    # op, which compiles every distinct random-initialiser shape separately: seconds on CPU).
+    graphdef, rng_state, state = nnx.split(nnx.jit(create)(), nnx.RngState, ...)
     replicated = NamedSharding(mesh, P())
     return graphdef, jax.device_put(rng_state, replicated), jax.device_put(state, replicated)
 
