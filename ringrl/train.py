@@ -471,13 +471,24 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
         **task_split(ds),
         "enough_episodes": bool(ds.num_episodes >= 10 * N),
     }
-    if not report["enough_episodes"]:
-        print(
-            f"warning: {cfg.data.path} has {ds.num_episodes} episodes, fewer than 10 x N = "
-            f"{10 * N} for chains of {N}: chains will often repeat episodes",
-            file=sys.stderr,
-        )
+    warning = few_episodes_warning(cfg.data.path, ds.num_episodes, N)
+    if warning:
+        print(warning, file=sys.stderr)
     write_text_atomic(run_dir / "data.json", json.dumps(report, indent=1))
+
+
+def few_episodes_warning(path: str | Path, num_episodes: int, N: int) -> str | None:
+    """The warning for a dataset with fewer than ``10 N`` episodes for chains of ``N > 1``
+    (a chain then often holds one episode twice); None otherwise. A single-episode sample
+    (N = 1: whole episodes, or DT's and BC's windows) repeats nothing, so it is not warned
+    about (BC-10% keeps a tenth of the episodes by design); ``data.json`` records
+    ``enough_episodes`` either way."""
+    if N <= 1 or num_episodes >= 10 * N:
+        return None
+    return (
+        f"warning: {path} has {num_episodes} episodes, fewer than 10 x N = {10 * N} for chains "
+        f"of {N}: chains will often repeat episodes"
+    )
 
 
 def task_split(ds) -> dict:

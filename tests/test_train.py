@@ -25,7 +25,7 @@ from ringrl.config import ConfigError, load_config
 from ringrl.data import Episode, EpisodeDataset
 from ringrl.metrics import read_metrics
 from ringrl.rundir import DatasetNotFound, RunDirLock
-from ringrl.train import DatasetMismatch, check_task_spaces
+from ringrl.train import DatasetMismatch, check_task_spaces, few_episodes_warning
 
 STEPS = 24
 
@@ -342,3 +342,15 @@ def test_a_task_that_cannot_be_made_is_an_error_when_training_evaluates():
     cfg = load_config(None, ["train.eval_every=10"])
     with pytest.raises(DatasetMismatch, match="NoSuchTask-v0.*train.eval_every needs it"):
         check_task_spaces(cfg, in_memory(3, 1, task="NoSuchTask-v0"))
+
+
+def test_too_few_episodes_for_chains_warns_naming_the_file_and_the_need():
+    msg = few_episodes_warning("data/x.hdf5", 30, 4)
+    assert msg.startswith("warning: data/x.hdf5 has 30 episodes, fewer than 10 x N = 40")
+    assert few_episodes_warning("data/x.hdf5", 40, 4) is None
+
+
+def test_single_episode_samples_are_not_warned_about_few_episodes():
+    """N = 1 (whole episodes, or DT's and BC's windows) repeats no episode within a sample:
+    BC-10% keeping 5 of 50 episodes is not a data problem."""
+    assert few_episodes_warning("data/x.hdf5", 5, 1) is None
