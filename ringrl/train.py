@@ -469,12 +469,15 @@ def _write_data_report(run_dir: Path, cfg: Config, ds, stats: dict, sampler: Cha
         "episodes_per_chain": N,
         "discrete": bool(ds.discrete),
         **task_split(ds),
-        "enough_episodes": bool(ds.num_episodes >= 10 * N),
+        "enough_episodes": bool(ds.num_episodes >= EPISODES_PER_CHAIN_EPISODE * N),
     }
     warning = few_episodes_warning(cfg.data.path, ds.num_episodes, N)
     if warning:
         print(warning, file=sys.stderr)
     write_text_atomic(run_dir / "data.json", json.dumps(report, indent=1))
+
+
+EPISODES_PER_CHAIN_EPISODE = 10  # a dataset fits chains of N episodes with >= 10 N of them
 
 
 def few_episodes_warning(path: str | Path, num_episodes: int, N: int) -> str | None:
@@ -483,11 +486,13 @@ def few_episodes_warning(path: str | Path, num_episodes: int, N: int) -> str | N
     (N = 1: whole episodes, or DT's and BC's windows) repeats nothing, so it is not warned
     about (BC-10% keeps a tenth of the episodes by design); ``data.json`` records
     ``enough_episodes`` either way."""
-    if N <= 1 or num_episodes >= 10 * N:
+    need = EPISODES_PER_CHAIN_EPISODE * N
+    if N <= 1 or num_episodes >= need:
         return None
     return (
-        f"warning: {path} has {num_episodes} episodes, fewer than 10 x N = {10 * N} for chains "
-        f"of {N}: chains will often repeat episodes"
+        f"warning: {path} has {num_episodes} episodes, fewer than "
+        f"{EPISODES_PER_CHAIN_EPISODE} x N = {need} for chains of {N}: chains will often repeat "
+        "episodes"
     )
 
 
