@@ -14,7 +14,11 @@ the chain), ``at_bpt_n2`` and ``at_ra_n4`` -- a name says how many trajectories 
 ME and BPT compute the same function (they differ only in memory), so the local grid keeps BPT.
 
 Budgets (local): every AT preset sees the same number of action targets per update (batch x N
-x episode length = 16,000 steps), and DT and BC-10% (K = 20 windows) as many over their run.
+x episode length = 8,000 steps) for 100 updates (800,000 action targets), and DT and BC-10%
+(64 windows of K = 20 steps) as many over their run (625 updates). The budget is set by the
+grid's cost on a 2-core CPU (docs/results.md, section 7): 150 runs of 1000-step episodes, at
+measured rates of 5,500-9,000 tokens/s (AT) and 16,000-18,000 (DT, BC), leave about a minute
+and a half of training per run; BC-10% evaluated as well at half of its earlier 5,000 updates.
 """
 
 from __future__ import annotations
@@ -94,19 +98,21 @@ SCALES = {
         "agent": {"tokens_per_step": 4},
         "optim": {"lr": 1e-3, "weight_decay": 1e-4, "warmup_steps": 50, "grad_clip": 0.25,
                   "end_lr_ratio": 0.1},
-        "train": {"steps": 400, "batch_size": 4, "mesh_data": 1, "mesh_seq": 1,
-                  "ckpt_every": 100, "log_every": 10},
+        "train": {"steps": 100, "batch_size": 4, "mesh_data": 1, "mesh_seq": 1,
+                  "ckpt_every": 50, "log_every": 10},
     },
 }  # fmt: skip
 
 # local AT: the quickstart's recipe -- chains of whole episodes, one fused token per step, so
 # that `ringrl eval` runs the in-context protocol with the KV cache; the ring over 4 emulated
 # CPU devices. Batch x N is constant, so every N sees the same action targets per update.
-LOCAL_TARGETS_PER_UPDATE = 16_000  # steps: batch x N x episode length
+LOCAL_TARGETS_PER_UPDATE = 8_000  # steps: batch x N x episode length
+# the curve during training: halfway and at the end, 2 trials of one episode (a few seconds)
+LOCAL_EVAL = {"eval_trials": 2, "eval_episodes": 1}
 LOCAL_AT = {
     "agent": {"tokens_per_step": 1},
-    "optim": {"warmup_steps": 40},
-    "train": {"eval_every": 200, "eval_trials": 2, "eval_episodes": 2},  # curve during training
+    "optim": {"warmup_steps": 10},
+    "train": {"eval_every": 50, **LOCAL_EVAL},
 }
 LOCAL_WINDOW_BATCH = 64  # DT / BC-10%: 64 windows of 20 steps per update
 
@@ -134,9 +140,8 @@ def preset(scale: str, task: str, method: str) -> dict:
             updates = SCALES["local"]["train"]["steps"] * LOCAL_TARGETS_PER_UPDATE
             updates //= LOCAL_WINDOW_BATCH * DT_CONTEXT
             cfg["train"] = {**cfg["train"], "batch_size": LOCAL_WINDOW_BATCH, "steps": updates,
-                            "ckpt_every": updates // 4, "log_every": 50,
-                            "eval_every": updates // 2, "eval_trials": 2,
-                            "eval_episodes": 2}  # fmt: skip
+                            "ckpt_every": -(-updates // 4), "log_every": 25,
+                            "eval_every": -(-updates // 2), **LOCAL_EVAL}  # fmt: skip
             block = DT_CONTEXT * (2 if agent["kind"] == "bc" else agent["tokens_per_step"])
             cfg["model"] = {**cfg["model"], "block_size": block}
     else:  # Agentic Transformer: chains of whole episodes

@@ -9,8 +9,9 @@ For each task x method x seed:
 3. evaluate it (``ringrl eval``: ``--trials`` trials of 2N in-context episodes for AT, so the
    curve shows whether improvement continues past the training context; DT and BC
    ``--dt-episodes`` independent episodes), on reset seeds of its own
-   (:func:`ringrl.evaluate.seed_block`: no seed shared by two trials, training seeds or methods),
-   with the uniform-random and best-constant baselines on the same seeds.
+   (:func:`ringrl.evaluate.seed_block`: no seed shared by two trials, training seeds or methods);
+4. once per task and seed, the uniform-random and best-constant baselines
+   (:func:`run_baselines`), on a seed block of their own: two rows of the table.
 
 Then writes ``results.json``, ``results.md`` and ``curves_<task>.png``: per method the mean over
 training seeds of the final in-context episode's return (the headline), of the mean over a
@@ -47,7 +48,10 @@ LABELS = {
     "at_me_n32": "AT+ME (N=32)",
     "at_bpt_n32": "AT+BPT (N=32)",
     "at_ra_n128": "AT+RA (N=128)",
+    "random": "uniform random",
+    "constant": "best constant action",
 }
+BASELINE_ROWS = ("random", "constant")
 # Ring Attention paper, Table 5 (ExoRL, "cumulative return, as per ExoRL": units not stated, no
 # seeds). Local presets are matched to the paper's method of the same kind at the paper's N.
 PAPER_TABLE5 = {
@@ -60,6 +64,8 @@ PAPER_TABLE5 = {
 }
 PAPER_METHOD = {"at_bpt_n2": "at_bpt_n32", "at_ra_n4": "at_ra_n128"}
 METHOD_INDEX = {m: i for i, m in enumerate(dict.fromkeys(sum(METHODS.values(), ())))}
+BASELINES = "baselines"  # uniform-random and best-constant rows: seed blocks of their own
+METHOD_INDEX[BASELINES] = len(METHOD_INDEX)
 
 
 def paper_value(task: str, method: str) -> str:
@@ -69,7 +75,7 @@ def paper_value(task: str, method: str) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def dataset(task: str, data_dir: Path, steps: int, policy: str) -> Path:
+def dataset(task: str, data_dir: Path, steps: int, policy: str, update_every: int = 4) -> Path:
     """The task's exploration dataset (collected when missing)."""
     import envs
     from ringrl.cli import main as cli
@@ -82,7 +88,7 @@ def dataset(task: str, data_dir: Path, steps: int, policy: str) -> Path:
     argv = ["collect", envs.exorl_task(task), "--policy", policy, "--steps", str(steps)]
     argv += ["--out", str(out), "--quiet"]
     if policy != "random":
-        argv += ["--eval-every", "100000000"]
+        argv += ["--eval-every", "100000000", "--update-every", str(update_every)]
     if cli(argv) != 0:
         raise RuntimeError(f"collecting {task} failed")
     return out
@@ -112,7 +118,56 @@ def run_one(task: str, method: str, seed: int, data: Path, args: argparse.Namesp
         num_envs=args.envs,
         episodes=episodes,
         seed=seed_block(METHOD_INDEX[method], seed),
+        with_baselines=False,  # once per task and seed: run_baselines
     )
+
+
+def run_baselines(task: str, seed: int, args: argparse.Namespace) -> dict:
+    """Uniform-random and best-constant returns for one seed of the table's baseline rows.
+
+    Both policies ignore their history, so each of their episodes is an independent draw and
+    the number of episodes per trial does not change what they measure; they are run once per
+    task and seed (``--trials`` trials of ``--dt-episodes`` episodes, on a reset-seed block of
+    their own) rather than beside every method, where they cost more env steps than the
+    methods themselves. Written to ``<run-dir>/<task>/baselines/seed<seed>/baselines.json``.
+    """
+    import envs
+    from ringrl.evaluate import baselines, reset_seeds, seed_block
+    from ringrl.rundir import write_text_atomic
+    from ringrl.stats import interval
+
+    out = Path(args.run_dir) / task / BASELINES / f"seed{seed}" / "baselines.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    env_id = envs.exorl_task(task)
+    env = envs.make(env_id)
+    act_dim = int(np.prod(env.action_space.shape))
+    env.close()
+    first = seed_block(METHOD_INDEX[BASELINES], seed)
+    K = args.dt_episodes
+    print(f"[{task}] baselines seed {seed}", flush=True)
+    base = baselines(
+        env_id, act_dim, trials=args.trials, episodes=K, num_envs=args.envs, seed=first
+    )
+    rand, const = base["random"], base["constant"]
+    result = {
+        "task": env_id,
+        "train_seed": seed,
+        "trials": args.trials,
+        "episodes": K,
+        "random_return_mean": float(rand.mean()),
+        "random_return_ci95": interval(rand.mean(1))["ci95"],
+        "random_returns": rand.round(3).tolist(),
+        "constant_action": base["constant_action"],
+        "constant_selection": base["constant_selection"],
+        "constant_return_mean": float(const.mean()),
+        "constant_return_ci95": interval(const.mean(1))["ci95"],
+        "constant_returns": const.round(3).tolist(),
+        "reset_seeds": reset_seeds(first, args.trials, K).tolist(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(result, indent=1))
+    return result
 
 
 def aggregate(results: dict[str, dict[str, list[dict]]]) -> dict:
@@ -140,8 +195,6 @@ def aggregate(results: dict[str, dict[str, list[dict]]]) -> dict:
                 "final": over_seeds("final_return_mean"),
                 "mean": over_seeds("mean_return_mean"),
                 "max": over_seeds("max_return_mean"),
-                "random": over_seeds("random_return_mean"),
-                "constant": over_seeds("constant_return_mean"),
                 "paper": paper_value(task, method),
                 "curve": np.mean([c[:K] for c in curves], 0).tolist(),
             }
@@ -177,7 +230,8 @@ def reused_reset_seeds(results: dict[str, dict[str, list[dict]]]) -> int:
     for by_method in results.values():
         counts = Counter(
             s
-            for runs in by_method.values()
+            for method, runs in by_method.items()
+            if method != "constant"  # the random row's seeds, by construction (paired)
             for r in runs
             for s in np.asarray(r.get("reset_seeds", []), dtype=np.int64).ravel().tolist()
         )
@@ -192,20 +246,21 @@ def markdown(table: dict, scale: str, signif: dict | None = None, reused: int | 
         f"Returns per episode, `configs/{scale}` presets: mean over training seeds with a 95%",
         "percentile-bootstrap interval over seeds. *final*: the last in-context episode (the",
         "headline); *mean*: the mean over a trial's episodes; *max*: the best episode of a trial,",
-        "the AT paper's metric (optimistic). *random* / *constant*: uniform-random actions and the",
-        "best constant action on the same reset seeds. *paper*: Table 5 of the Ring Attention",
-        'paper, whose units are not stated ("cumulative return, as per ExoRL"), for a model,',
-        "data and N of its own: not comparable to these numbers.",
+        "the AT paper's metric (optimistic). *uniform random* / *best constant action*: the",
+        "baselines, on reset seeds of their own, the same for both (their episodes are",
+        "independent draws: the episode index does not matter). *paper*: Table 5 of the Ring",
+        'Attention paper, whose units are not stated ("cumulative return, as per ExoRL"), for a',
+        "model, data and N of its own: not comparable to these numbers.",
         "",
-        "| task | method | seeds | final | mean | max (AT paper) | random | constant | paper |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | method | seeds | final | mean | max (AT paper) | paper |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task, by_method in table.items():
         for method, r in by_method.items():
             lines.append(
                 f"| {task} | {LABELS.get(method, method)} | {r['seeds']} | "
                 f"{describe(r['final'])} | {describe(r['mean'])} | {describe(r['max'])} | "
-                f"{r['random']['mean']:.1f} | {r['constant']['mean']:.1f} | {r['paper']} |"
+                f"{r['paper']} |"
             )
     if signif:
         lines += ["", "Differences in final return (bootstrap interval of the difference of means"]
@@ -231,12 +286,12 @@ def plot(task: str, by_method: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, r in by_method.items():
+        if method in BASELINE_ROWS:
+            ls = ":" if method == "random" else "-."
+            ax.axhline(r["mean"]["mean"], color="gray", ls=ls, label=LABELS[method])
+            continue
         x = np.arange(1, len(r["curve"]) + 1)
         ax.plot(x, r["curve"], marker="o", label=LABELS.get(method, method))
-    first = next(iter(by_method.values()))
-    ax.axhline(first["random"]["mean"], color="gray", ls=":", label="random")
-    if np.isfinite(first["constant"]["mean"]):
-        ax.axhline(first["constant"]["mean"], color="gray", ls="-.", label="best constant")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("episode in context (trial)")
     ax.set_ylabel("return (mean over seeds)")
@@ -258,7 +313,29 @@ def finished(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
             done = [json.loads(r.read_text()) for r in runs if r.exists()]
             if done:
                 results.setdefault(task, {})[method] = done
+        base = [json.loads(p.read_text()) for s in args.seeds for p in base_path(args, task, s)]
+        for row in BASELINE_ROWS if base else ():
+            results.setdefault(task, {})[row] = [baseline_row(b, row) for b in base]
     return results
+
+
+def base_path(args: argparse.Namespace, task: str, seed: int) -> list[Path]:
+    p = Path(args.run_dir) / task / BASELINES / f"seed{seed}" / "baselines.json"
+    return [p] if p.exists() else []
+
+
+def baseline_row(base: dict, row: str) -> dict:
+    """One seed of a baseline row, in ``eval.json``'s terms (``row``: random or constant)."""
+    returns = np.asarray(base[f"{row}_returns"])  # [trials, episodes]
+    return {
+        "final_return_mean": float(returns[:, -1].mean()),
+        "mean_return_mean": float(returns.mean()),
+        "max_return_mean": float(returns.max(1).mean()),
+        "episode_return_mean": returns.mean(0).tolist(),
+        "train_seed": base["train_seed"],
+        "trials": base["trials"],
+        "reset_seeds": base["reset_seeds"],
+    }
 
 
 def compare(args: argparse.Namespace) -> dict:
@@ -266,7 +343,15 @@ def compare(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if not getattr(args, "report_only", False):
         for task in args.tasks:
-            data = dataset(task, Path(args.data_dir), args.collect_steps, args.collect_policy)
+            data = dataset(
+                task,
+                Path(args.data_dir),
+                args.collect_steps,
+                args.collect_policy,
+                args.collect_update_every,
+            )
+            for s in args.seeds:
+                run_baselines(task, s, args)
             for m in args.methods:
                 for s in args.seeds:
                     run_one(task, m, s, data, args)
@@ -274,7 +359,7 @@ def compare(args: argparse.Namespace) -> dict:
     if not results:
         raise SystemExit(f"no finished runs under {out}")
     table = aggregate(results)
-    signif = significance(table, list(args.methods))
+    signif = significance(table, [*args.methods, *BASELINE_ROWS])
     reused = reused_reset_seeds(results)
     report = {"table": table, "significance": signif, "reused_reset_seeds": reused}
     text = markdown(table, args.scale, signif, reused)
@@ -293,7 +378,8 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def publish_runs(args: argparse.Namespace, dest: Path) -> None:
-    """Copy every finished run's ``eval.json`` (and ``data.json``) under ``dest/runs/``."""
+    """Copy every finished run's ``eval.json`` (and ``data.json``), and the baselines'
+    ``baselines.json``, under ``dest/runs/``."""
     for task in args.tasks:
         for method in args.methods:
             for s in args.seeds:
@@ -303,6 +389,11 @@ def publish_runs(args: argparse.Namespace, dest: Path) -> None:
                         target = dest / "runs" / task / method / f"seed{s}" / name
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(src / name, target)
+        for s in args.seeds:
+            for src in base_path(args, task, s):
+                target = dest / "runs" / task / BASELINES / f"seed{s}" / src.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -338,8 +429,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--collect-steps",
         type=int,
-        default=50_000,
-        help="dataset size: 50 episodes of 1000 steps, >= 10 x N for N = 4 (default: %(default)s)",
+        default=40_000,
+        help="dataset size: 40 episodes of 1000 steps (160 of jaco's 250), 10 x N for N = 4 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--collect-update-every",
+        type=int,
+        default=4,
+        help="env steps per RND/SAC update of the exploration (default: %(default)s: a quarter "
+        "of ExoRL's update-to-data ratio, four times faster on a CPU)",
     )
     parser.add_argument(
         "--collect-policy",
@@ -352,7 +451,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dt-episodes", type=int, default=2, help="episodes per trial of DT/BC (default: 2)"
     )
     parser.add_argument(
-        "--envs", type=int, default=5, help="parallel environments (default: %(default)s)"
+        "--envs", type=int, default=10, help="parallel environments (default: %(default)s)"
     )
     parser.add_argument(
         "--publish", default=None, help="copy eval.json files and the report here (default: no)"

@@ -179,34 +179,59 @@ class RecomputePolicy:
 # ---- an agent acting from its own history, one environment step at a time ---------------------
 
 
+def _grown(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` with zero rows appended up to ``rows``."""
+    return np.concatenate([a, np.zeros((rows - len(a), *a.shape[1:]), a.dtype)])
+
+
 class TrialHistory:
-    """The episodes of one trial so far, and the running one (for prefills and references)."""
+    """The episodes of one trial so far, and the running one (for prefills and references).
+
+    The running episode is kept in buffers that double when full, so that ``add`` and
+    ``partial`` cost O(1) per step (amortised) rather than the O(t) of re-stacking the episode
+    at its step ``t``: a 1000-step DT/BC evaluation spent most of its policy time there.
+    """
 
     def __init__(self) -> None:
         self.episodes: list[Steps] = []
-        self.obs: list[np.ndarray] = []
-        self.act: list[np.ndarray] = []
-        self.rew: list[float] = []
+        self._obs: np.ndarray | None = None  # [capacity, O]; the running episode's rows first
+        self._act: np.ndarray | None = None
+        self._rew = np.zeros(0, np.float32)
+        self.n = 0  # steps of the running episode recorded so far
+
+    def _reserve(self, obs: np.ndarray, act: np.ndarray | None, rows: int) -> None:
+        if self._obs is None:
+            self._obs = np.zeros((max(rows, 64), *np.shape(obs)), np.float32)
+            self._act = np.zeros((len(self._obs), *np.shape(act)), np.float32)
+            self._rew = np.zeros(len(self._obs), np.float32)
+        elif rows > len(self._obs):
+            cap = max(rows, 2 * len(self._obs))
+            self._obs, self._act, self._rew = (
+                _grown(a, cap) for a in (self._obs, self._act, self._rew)
+            )
 
     def add(self, obs: np.ndarray, act: np.ndarray, rew: float) -> None:
-        self.obs.append(np.asarray(obs, np.float32))
-        self.act.append(np.asarray(act, np.float32))
-        self.rew.append(float(rew))
+        self._reserve(obs, act, self.n + 2)  # + the next step's observation (``partial``)
+        self._obs[self.n], self._act[self.n], self._rew[self.n] = obs, act, rew
+        self.n += 1
 
     def end_episode(self) -> None:
+        n = self.n
         self.episodes.append(
-            Steps(np.stack(self.obs), np.stack(self.act), np.asarray(self.rew, np.float32))
+            Steps(self._obs[:n].copy(), self._act[:n].copy(), self._rew[:n].copy())
         )
-        self.obs, self.act, self.rew = [], [], []
+        self.n = 0
 
     def partial(self, obs: np.ndarray, act_dim: int) -> Steps:
         """The running episode up to observation ``obs``; its current action/reward are 0."""
-        n = len(self.rew)
-        acts = np.zeros((n + 1, act_dim), np.float32)
-        if n:
-            acts[:n] = np.stack(self.act)
-        observations = np.stack([*self.obs, np.asarray(obs, np.float32)])
-        return Steps(observations, acts, np.asarray([*self.rew, 0.0], np.float32))
+        n = self.n
+        if self._obs is None:
+            self._reserve(obs, np.zeros(act_dim, np.float32), 2)
+        self._obs[n] = obs
+        self._act[n], self._rew[n] = 0.0, 0.0
+        return Steps(
+            self._obs[: n + 1].copy(), self._act[: n + 1].copy(), self._rew[: n + 1].copy()
+        )
 
 
 class IncrementalPolicy:

@@ -189,6 +189,26 @@ def test_rnd_reward_is_higher_for_novel_than_for_repeated_states():
     assert float(rnd.reward(state, novel).mean()) > 3 * float(rnd.reward(state, seen).mean())
 
 
+def test_explore_with_update_every_4_makes_a_quarter_of_the_updates(monkeypatch):
+    from agents.collect import explore
+    from envs import make
+
+    made = explore.make_update
+    calls = []
+
+    def counting(sac, rnd):
+        update = made(sac, rnd)
+        return lambda state, batch: (calls.append(1), update(state, batch))[1]
+
+    monkeypatch.setattr(explore, "make_update", counting)
+    sac = explore.SACConfig(total_steps=60, learning_starts=20, batch_size=8,
+                            hidden_dims=(16,), update_every=4)  # fmt: skip
+    rnd = explore.RNDConfig(hidden_dims=(16,), rep_dim=8)
+    result = explore.train(make(CARTPOLE), explore.ExploreConfig(sac=sac, rnd=rnd))
+    assert len(calls) == 10  # steps 24, 28, ..., 60: after the warm-up, one in four
+    assert sum(len(e["rewards"]) for e in result.episodes) == 60
+
+
 def test_explore_relabels_one_dataset_per_task(tmp_path):
     out = tmp_path / "walker-rnd.hdf5"
     args = ["--policy", "explore", "--steps", "200", "--out", str(out), *TINY_SAC]
@@ -283,6 +303,7 @@ def test_collect_force_replaces_an_existing_output(tmp_path):
         (["--steps", "0"], "--steps"),
         (["--steps", "-5"], "--steps"),
         (["--learning-starts", "-1"], "--learning-starts"),
+        (["--update-every", "0"], "--update-every"),
         (["--rollout-steps", "0"], "--rollout-steps"),
         (["--hidden", "32", "0"], "--hidden"),
         (["--relabel", "walker-stand,nosuch-task"], "nosuch-task"),

@@ -5,7 +5,14 @@ import json
 
 import numpy as np
 
-from ringrl.compare import aggregate, compare, markdown, reused_reset_seeds, significance
+from ringrl.compare import (
+    aggregate,
+    compare,
+    finished,
+    markdown,
+    reused_reset_seeds,
+    significance,
+)
 
 
 def fake_eval(final: float, curve: list[float], seed0: int = 0, train_seed: int = 0) -> dict:
@@ -76,3 +83,80 @@ def test_report_only_tabulates_the_finished_runs_without_running_anything(tmp_pa
     )
     assert (tmp_path / "docs" / "runs" / "cartpole_swingup" / "dt" / "seed1" / "eval.json").exists()
     assert (tmp_path / "docs" / "curves_cartpole_swingup.png").exists()
+
+
+def write_baselines(run_dir, task: str, seed: int, random: list, constant: list) -> None:
+    path = run_dir / task / "baselines" / f"seed{seed}" / "baselines.json"
+    path.parent.mkdir(parents=True)
+    seeds = (10_000 * (1800 + seed) + np.arange(2 * len(random[0])).reshape(2, -1)).tolist()
+    base = {"train_seed": seed, "trials": 2, "random_returns": random,
+            "constant_returns": constant, "reset_seeds": seeds}  # fmt: skip
+    path.write_text(json.dumps(base))
+
+
+def report_args(tmp_path, methods: list[str]) -> argparse.Namespace:
+    return argparse.Namespace(
+        run_dir=str(tmp_path / "runs"),
+        tasks=["cartpole_swingup"],
+        methods=methods,
+        seeds=[0, 1],
+        scale="local",
+        report_only=True,
+        publish=None,
+    )
+
+
+def test_baselines_are_two_rows_of_the_table_with_the_last_episode_as_final(tmp_path):
+    runs = tmp_path / "runs"
+    write_baselines(runs, "cartpole_swingup", 0, [[1.0, 3.0], [5.0, 7.0]], [[9.0, 9.0]] * 2)
+    write_baselines(runs, "cartpole_swingup", 1, [[2.0, 4.0], [6.0, 8.0]], [[11.0, 11.0]] * 2)
+    done = runs / "cartpole_swingup" / "dt" / "seed0"
+    done.mkdir(parents=True)
+    (done / "eval.json").write_text(json.dumps(fake_eval(60.0, [60.0])))
+    table = compare(report_args(tmp_path, ["dt"]))
+    rows = table["cartpole_swingup"]
+    assert list(rows) == ["dt", "random", "constant"]
+    assert rows["random"]["seeds"] == 2
+    assert rows["random"]["final"]["per_seed"] == [5.0, 6.0]  # mean of the trials' last episode
+    assert rows["random"]["mean"]["per_seed"] == [4.0, 5.0]
+    assert rows["constant"]["final"]["mean"] == 10.0
+    text = (runs / "results.md").read_text()
+    assert "| cartpole_swingup | uniform random | 2 | 5.5 [" in text
+    assert "| cartpole_swingup | best constant action | 2 | 10.0 [" in text
+
+
+def test_the_constant_rows_seeds_are_the_random_rows_and_not_counted_as_reused(tmp_path):
+    runs = tmp_path / "runs"
+    write_baselines(runs, "cartpole_swingup", 0, [[1.0, 3.0], [5.0, 7.0]], [[9.0, 9.0]] * 2)
+    args = report_args(tmp_path, ["dt"])
+    args.seeds = [0]
+    results = finished(args)
+    assert (
+        results["cartpole_swingup"]["constant"][0]["reset_seeds"]
+        == (results["cartpole_swingup"]["random"][0]["reset_seeds"])
+    )
+    assert reused_reset_seeds(results) == 0
+
+
+def test_run_baselines_uses_a_seed_block_no_method_uses(tmp_path, monkeypatch):
+    import ringrl.evaluate
+    from ringrl.compare import METHOD_INDEX, run_baselines
+    from ringrl.evaluate import seed_block
+
+    seen = {}
+
+    def fake_baselines(task, act_dim, *, trials, episodes, num_envs, seed):
+        seen.update(task=task, act_dim=act_dim, seed=seed)
+        r = np.full((trials, episodes), 1.0)
+        return {"random": r, "constant": 2 * r, "constant_action": 0.5,
+                "constant_selection": {0.5: 2.0}}  # fmt: skip
+
+    monkeypatch.setattr(ringrl.evaluate, "baselines", fake_baselines)
+    args = argparse.Namespace(run_dir=str(tmp_path), trials=3, dt_episodes=2, envs=3)
+    out = run_baselines("cartpole_swingup", 4, args)
+    assert seen["task"] == "dm_control/cartpole-swingup-v0" and seen["act_dim"] == 1
+    method_blocks = {seed_block(i, s) for m, i in METHOD_INDEX.items() if m != "baselines"
+                     for s in range(5)}  # fmt: skip
+    assert seen["seed"] not in method_blocks
+    assert np.asarray(out["reset_seeds"]).shape == (3, 2)
+    assert (tmp_path / "cartpole_swingup" / "baselines" / "seed4" / "baselines.json").exists()

@@ -101,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-every", type=int, default=10_000, help="environment steps between evaluations"
     )
     g.add_argument("--eval-episodes", type=int, default=10, help="episodes per evaluation")
+    g.add_argument(
+        "--update-every",
+        type=int,
+        default=1,
+        help="env steps per SAC (and RND) update: 1 is the paper's update-to-data ratio of 1, "
+        "4 a quarter of it (default: %(default)s)",
+    )
     g.add_argument("--batch-size", type=int, default=256, help="SAC minibatch size")
     g.add_argument("--hidden", type=int, nargs="+", default=[256, 256], help="MLP widths")
     g.add_argument("--intrinsic", choices=["rnd"], default="rnd", help="exploration bonus")
@@ -164,6 +171,8 @@ def validate(args: argparse.Namespace) -> tuple[str, list[str], list[Path]]:
     for option, value in positive.items():
         if value is not None and value < 1:
             raise UsageError(f"{option}: expected an integer >= 1, got {value}")
+    if args.update_every < 1:
+        raise UsageError(f"--update-every: expected an integer >= 1, got {args.update_every}")
     if args.learning_starts < 0:
         raise UsageError(f"--learning-starts: expected an integer >= 0, got {args.learning_starts}")
     if any(h < 1 for h in args.hidden):
@@ -271,6 +280,7 @@ def _sac_config(args: argparse.Namespace, total_steps: int):
         hidden_dims=tuple(args.hidden),
         eval_every=args.eval_every,
         eval_episodes=args.eval_episodes,
+        update_every=args.update_every,
         seed=args.seed,
     )
 

@@ -221,9 +221,9 @@ def train(
             ext_returns.append(ep_return)
             ep_return = 0.0
 
-        if step > scfg.learning_starts:
+        if step > scfg.learning_starts and step % scfg.update_every == 0:
             state, info = update(state, buffer.sample(scfg.batch_size))
-            if step % 100 == 0:
+            if step % 100 < scfg.update_every:
                 intrinsic.append(float(info["intrinsic_reward"]))
         if step % cfg.log_every == 0 or step == scfg.total_steps:
             row = {
