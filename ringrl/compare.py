@@ -197,8 +197,25 @@ def aggregate(results: dict[str, dict[str, list[dict]]]) -> dict:
                 "max": over_seeds("max_return_mean"),
                 "paper": paper_value(task, method),
                 "curve": np.mean([c[:K] for c in curves], 0).tolist(),
+                "compute": compute_summary([r.get("compute") for r in runs]),
             }
     return table
+
+
+def compute_summary(computes: list[dict | None]) -> dict | None:
+    """One method's training cost over its seeds: the budget (the same for every seed) and
+    the median rate and time."""
+    computes = [c for c in computes if c]
+    if not computes:
+        return None
+    first = computes[0]
+    return {
+        "updates": first["updates"],
+        "action_targets": first["action_targets"],
+        "tokens": first["tokens"],
+        "tokens_per_s": float(np.median([c["tokens_per_s"] for c in computes])),
+        "train_s": float(np.median([c["train_s"] for c in computes])),
+    }
 
 
 def significance(table: dict, methods: list[str]) -> dict:
@@ -272,6 +289,20 @@ def markdown(table: dict, scale: str, signif: dict | None = None, reused: int | 
                     f"- {task}: {LABELS.get(d['against'], d['against'])} − "
                     f"{LABELS.get(other, other)} = {describe(d)}: {verdict}"
                 )
+    costs = [(t, m, r["compute"]) for t, rows in table.items() for m, r in rows.items()]
+    costs = [(t, m, c) for t, m, c in costs if c]
+    if costs:
+        lines += ["", "Training cost per run (the same budget for every seed; rate and time:",
+                  "median over seeds, at the logged rate, without compilation and evaluations):",
+                  "",
+                  "| task | method | updates | action targets | tokens | tokens/s | train min |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for task, method, c in costs:
+            lines.append(
+                f"| {task} | {LABELS.get(method, method)} | {c['updates']} | "
+                f"{c['action_targets']:,} | {c['tokens']:,} | {c['tokens_per_s']:,.0f} | "
+                f"{c['train_s'] / 60:.1f} |"
+            )
     if reused is not None:
         lines += ["", f"Reset seeds used by more than one agent episode: {reused}."]
     return "\n".join(lines) + "\n"
@@ -310,13 +341,51 @@ def finished(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
             runs = [
                 Path(args.run_dir) / task / method / f"seed{s}" / "eval.json" for s in args.seeds
             ]
-            done = [json.loads(r.read_text()) for r in runs if r.exists()]
+            done = [
+                {**json.loads(r.read_text()), "compute": compute_of(r.parent)}
+                for r in runs
+                if r.exists()
+            ]
             if done:
                 results.setdefault(task, {})[method] = done
         base = [json.loads(p.read_text()) for s in args.seeds for p in base_path(args, task, s)]
         for row in BASELINE_ROWS if base else ():
             results.setdefault(task, {})[row] = [baseline_row(b, row) for b in base]
     return results
+
+
+def compute_of(run_dir: Path) -> dict | None:
+    """What one run's training cost: updates, action targets and tokens (from its
+    ``config.yaml``, ``data.json`` and ``eval.json``), the median of the ``tokens_per_s`` it
+    logged, and the training time at that rate (compilation and evaluations excluded)."""
+    from ringrl.config import load_config
+    from ringrl.ops.layouts import padded_steps
+    from ringrl.train import agent_config
+
+    paths = [run_dir / n for n in ("config.yaml", "data.json", "eval.json", "metrics.jsonl")]
+    if not all(p.exists() for p in paths):
+        return None
+    cfg = load_config(paths[0])
+    data, done = (json.loads(p.read_text()) for p in paths[1:3])
+    rates = [
+        row["tokens_per_s"]
+        for row in map(json.loads, paths[3].read_text().splitlines())
+        if "tokens_per_s" in row
+    ]
+    acfg = agent_config(cfg, data["obs_dim"], data["act_dim"], data.get("discrete", False))
+    ring = cfg.model.attention == "ring"
+    shards = cfg.train.mesh_seq if ring else 1
+    steps = padded_steps(acfg.context_steps, acfg.step_tokens, cfg.model.block_size, shards, ring)
+    updates = int(done.get("checkpoint_step") or cfg.train.steps)
+    tokens = updates * cfg.train.batch_size * steps * acfg.step_tokens
+    rate = float(np.median(rates)) if rates else float("nan")
+    return {
+        "updates": updates,
+        "action_targets": round(updates * data["action_targets_per_update"]),
+        "tokens": tokens,
+        "tokens_per_s": rate,
+        "train_s": tokens / rate if rates else float("nan"),
+    }
 
 
 def base_path(args: argparse.Namespace, task: str, seed: int) -> list[Path]:
@@ -378,13 +447,15 @@ def compare(args: argparse.Namespace) -> dict:
 
 
 def publish_runs(args: argparse.Namespace, dest: Path) -> None:
-    """Copy every finished run's ``eval.json`` (and ``data.json``), and the baselines'
-    ``baselines.json``, under ``dest/runs/``."""
+    """Copy every finished run's ``eval.json`` (with ``data.json``, ``config.yaml`` and
+    ``metrics.jsonl``, what :func:`compute_of` reads), and the baselines' ``baselines.json``,
+    under ``dest/runs/``: ``ringrl compare --report-only --run-dir DIR/runs`` remakes the
+    report from them."""
     for task in args.tasks:
         for method in args.methods:
             for s in args.seeds:
                 src = Path(args.run_dir) / task / method / f"seed{s}"
-                for name in ("eval.json", "data.json"):
+                for name in ("eval.json", "data.json", "config.yaml", "metrics.jsonl"):
                     if (src / name).exists():
                         target = dest / "runs" / task / method / f"seed{s}" / name
                         target.parent.mkdir(parents=True, exist_ok=True)

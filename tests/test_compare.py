@@ -160,3 +160,23 @@ def test_run_baselines_uses_a_seed_block_no_method_uses(tmp_path, monkeypatch):
     assert seen["seed"] not in method_blocks
     assert np.asarray(out["reset_seeds"]).shape == (3, 2)
     assert (tmp_path / "cartpole_swingup" / "baselines" / "seed4" / "baselines.json").exists()
+
+
+def test_a_runs_compute_is_its_budget_and_its_median_logged_rate(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from ringrl.compare import compute_of
+
+    preset = Path(__file__).parent.parent / "configs" / "local" / "cartpole_swingup" / "dt.yaml"
+    shutil.copyfile(preset, tmp_path / "config.yaml")
+    data = {"obs_dim": 5, "act_dim": 1, "action_targets_per_update": 1200.0}
+    (tmp_path / "data.json").write_text(json.dumps(data))
+    (tmp_path / "eval.json").write_text(json.dumps({"checkpoint_step": 625}))
+    rows = [{"step": 25 * i, "tokens_per_s": r} for i, r in enumerate([100.0, 300.0, 200.0])]
+    rows.append({"step": 313, "eval_final_return": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)))
+    c = compute_of(tmp_path)
+    assert c["updates"] == 625 and c["action_targets"] == 625 * 1200
+    assert c["tokens"] == 625 * 64 * 20 * 3  # DT: (return, state, action) tokens, K = 20
+    assert c["tokens_per_s"] == 200.0 and c["train_s"] == c["tokens"] / 200.0
