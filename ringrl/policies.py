@@ -187,9 +187,9 @@ def _grown(a: np.ndarray, rows: int) -> np.ndarray:
 class TrialHistory:
     """The episodes of one trial so far, and the running one (for prefills and references).
 
-    The running episode is kept in buffers that double when full, so that ``add`` and
-    ``partial`` cost O(1) per step (amortised) rather than the O(t) of re-stacking the episode
-    at its step ``t``: a 1000-step DT/BC evaluation spent most of its policy time there.
+    The running episode is kept in buffers that double when full: ``add`` costs O(1)
+    (amortised) and ``partial`` one contiguous copy, where stacking the ``t`` per-step arrays
+    again at every step ``t`` was most of a 1000-step DT/BC evaluation's policy time.
     """
 
     def __init__(self) -> None:
