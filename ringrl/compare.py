@@ -209,12 +209,18 @@ def compute_summary(computes: list[dict | None]) -> dict | None:
     if not computes:
         return None
     first = computes[0]
+    evals = [c["evals_during_training"] for c in computes if c.get("evals_during_training")]
+    K = min(map(len, evals), default=0)
     return {
         "updates": first["updates"],
         "action_targets": first["action_targets"],
         "tokens": first["tokens"],
         "tokens_per_s": float(np.median([c["tokens_per_s"] for c in computes])),
         "train_s": float(np.median([c["train_s"] for c in computes])),
+        # per evaluation during training: its update and the mean over seeds of its return
+        "evals_during_training": [
+            [evals[0][k][0], float(np.mean([e[k][1] for e in evals]))] for k in range(K)
+        ],
     }
 
 
@@ -293,15 +299,19 @@ def markdown(table: dict, scale: str, signif: dict | None = None, reused: int | 
     costs = [(t, m, c) for t, m, c in costs if c]
     if costs:
         lines += ["", "Training cost per run (the same budget for every seed; rate and time:",
-                  "median over seeds, at the logged rate, without compilation and evaluations):",
+                  "median over seeds, at the logged rate, without compilation and evaluations;",
+                  "*during training*: the short evaluations of `train.eval_every`, mean over",
+                  "seeds, as update: return -- still rising at the end means under-trained):",
                   "",
-                  "| task | method | updates | action targets | tokens | tokens/s | train min |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| task | method | updates | action targets | tokens | tokens/s | train min "
+                  "| during training |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for task, method, c in costs:
+            during = ", ".join(f"{u}: {r:.1f}" for u, r in c.get("evals_during_training", []))
             lines.append(
                 f"| {task} | {LABELS.get(method, method)} | {c['updates']} | "
                 f"{c['action_targets']:,} | {c['tokens']:,} | {c['tokens_per_s']:,.0f} | "
-                f"{c['train_s'] / 60:.1f} |"
+                f"{c['train_s'] / 60:.1f} | {during} |"
             )
     if reused is not None:
         lines += ["", f"Reset seeds used by more than one agent episode: {reused}."]
@@ -367,11 +377,9 @@ def compute_of(run_dir: Path) -> dict | None:
         return None
     cfg = load_config(paths[0])
     data, done = (json.loads(p.read_text()) for p in paths[1:3])
-    rates = [
-        row["tokens_per_s"]
-        for row in map(json.loads, paths[3].read_text().splitlines())
-        if "tokens_per_s" in row
-    ]
+    rows = [json.loads(line) for line in paths[3].read_text().splitlines() if line.strip()]
+    rates = [row["tokens_per_s"] for row in rows if "tokens_per_s" in row]
+    evals = [[row["step"], row["eval_final_return"]] for row in rows if "eval_final_return" in row]
     acfg = agent_config(cfg, data["obs_dim"], data["act_dim"], data.get("discrete", False))
     ring = cfg.model.attention == "ring"
     shards = cfg.train.mesh_seq if ring else 1
@@ -385,6 +393,7 @@ def compute_of(run_dir: Path) -> dict | None:
         "tokens": tokens,
         "tokens_per_s": rate,
         "train_s": tokens / rate if rates else float("nan"),
+        "evals_during_training": evals,  # [update, final return of its short evaluation]
     }
 
 

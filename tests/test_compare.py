@@ -180,3 +180,4 @@ def test_a_runs_compute_is_its_budget_and_its_median_logged_rate(tmp_path):
     assert c["updates"] == 625 and c["action_targets"] == 625 * 1200
     assert c["tokens"] == 625 * 64 * 20 * 3  # DT: (return, state, action) tokens, K = 20
     assert c["tokens_per_s"] == 200.0 and c["train_s"] == c["tokens"] / 200.0
+    assert c["evals_during_training"] == [[313, 1.0]]
