@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from collections import Counter
@@ -224,6 +225,12 @@ def compute_summary(computes: list[dict | None]) -> dict | None:
     }
 
 
+def context_size(method: str) -> int:
+    """N, the episodes a preset's chains hold, from its name (``at_ra_n4``: 4)."""
+    match = re.search(r"_n(\d+)$", method)
+    return int(match.group(1)) if match else 1
+
+
 def significance(table: dict, methods: list[str]) -> dict:
     """Per task: the largest-context AT against every other method, on final returns."""
     from ringrl.stats import difference
@@ -232,7 +239,7 @@ def significance(table: dict, methods: list[str]) -> dict:
     at = [m for m in methods if m.startswith("at_")]
     if not at:
         return out
-    best = at[-1]  # methods are listed by context size
+    best = max(at, key=context_size)
     for task, by_method in table.items():
         if best not in by_method:
             continue

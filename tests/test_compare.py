@@ -54,6 +54,14 @@ def test_the_largest_context_at_is_tested_against_every_other_method():
     assert d["against"] == "at_ra_n4" and d["diff"] == 58.0 and d["significant"]
 
 
+def test_the_largest_context_is_found_by_the_presets_n_not_by_its_place_in_the_list():
+    table = aggregate(results())
+    table["cartpole_swingup"]["at_n1"] = table["cartpole_swingup"]["dt"]
+    signif = significance(table, ["dt", "at_ra_n4", "at_n1"])
+    assert set(signif["cartpole_swingup"]) == {"dt", "at_n1"}
+    assert signif["cartpole_swingup"]["at_n1"]["against"] == "at_ra_n4"
+
+
 def test_reused_reset_seeds_are_counted():
     assert reused_reset_seeds(results()) == 0
     clash = results()
