@@ -133,11 +133,10 @@ def run_baselines(task: str, seed: int, args: argparse.Namespace) -> dict:
     methods themselves. Written to ``<run-dir>/<task>/baselines/seed<seed>/baselines.json``.
     """
     import envs
-    from ringrl.evaluate import baselines, reset_seeds, seed_block
+    from ringrl.evaluate import baseline_fields, baselines, reset_seeds, seed_block
     from ringrl.rundir import write_text_atomic
-    from ringrl.stats import interval
 
-    out = Path(args.run_dir) / task / BASELINES / f"seed{seed}" / "baselines.json"
+    out = baselines_file(args, task, seed)
     if out.exists():
         return json.loads(out.read_text())
     env_id = envs.exorl_task(task)
@@ -150,20 +149,12 @@ def run_baselines(task: str, seed: int, args: argparse.Namespace) -> dict:
     base = baselines(
         env_id, act_dim, trials=args.trials, episodes=K, num_envs=args.envs, seed=first
     )
-    rand, const = base["random"], base["constant"]
     result = {
         "task": env_id,
         "train_seed": seed,
         "trials": args.trials,
         "episodes": K,
-        "random_return_mean": float(rand.mean()),
-        "random_return_ci95": interval(rand.mean(1))["ci95"],
-        "random_returns": rand.round(3).tolist(),
-        "constant_action": base["constant_action"],
-        "constant_selection": base["constant_selection"],
-        "constant_return_mean": float(const.mean()),
-        "constant_return_ci95": interval(const.mean(1))["ci95"],
-        "constant_returns": const.round(3).tolist(),
+        **baseline_fields(base),
         "reset_seeds": reset_seeds(first, args.trials, K).tolist(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +356,8 @@ def finished(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
             ]
             if done:
                 results.setdefault(task, {})[method] = done
-        base = [json.loads(p.read_text()) for s in args.seeds for p in base_path(args, task, s)]
+        base = [baselines_file(args, task, s) for s in args.seeds]
+        base = [json.loads(p.read_text()) for p in base if p.exists()]
         for row in BASELINE_ROWS if base else ():
             results.setdefault(task, {})[row] = [baseline_row(b, row) for b in base]
     return results
@@ -404,9 +396,9 @@ def compute_of(run_dir: Path) -> dict | None:
     }
 
 
-def base_path(args: argparse.Namespace, task: str, seed: int) -> list[Path]:
-    p = Path(args.run_dir) / task / BASELINES / f"seed{seed}" / "baselines.json"
-    return [p] if p.exists() else []
+def baselines_file(args: argparse.Namespace, task: str, seed: int) -> Path:
+    """Where :func:`run_baselines` writes one task and seed's baselines."""
+    return Path(args.run_dir) / task / BASELINES / f"seed{seed}" / "baselines.json"
 
 
 def baseline_row(base: dict, row: str) -> dict:
@@ -477,7 +469,8 @@ def publish_runs(args: argparse.Namespace, dest: Path) -> None:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(src / name, target)
         for s in args.seeds:
-            for src in base_path(args, task, s):
+            src = baselines_file(args, task, s)
+            if src.exists():
                 target = dest / "runs" / task / BASELINES / f"seed{s}" / src.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, target)

@@ -386,19 +386,27 @@ def summarize(task: str, method: str, returns: np.ndarray, base: dict | None = N
         "ci_note": "95% percentile-bootstrap intervals over trials of this one trained model",
     }
     if base is not None:
-        rand, const = base["random"], base["constant"]
-        out.update(
-            random_return_mean=float(rand.mean()),
-            random_return_ci95=interval(rand.mean(1))["ci95"],
-            random_normalized_mean=norm(float(rand.mean())),
-            random_returns=rand.round(3).tolist(),
-            constant_action=base["constant_action"],
-            constant_selection=base["constant_selection"],
-            constant_return_mean=float(const.mean()),
-            constant_return_ci95=interval(const.mean(1))["ci95"],
-            constant_returns=const.round(3).tolist(),
-        )
+        out.update(baseline_fields(base))
+        out["random_normalized_mean"] = norm(out["random_return_mean"])
     return out
+
+
+def baseline_fields(base: dict) -> dict:
+    """The ``eval.json`` numbers of :func:`baselines`' output: means, 95% bootstrap intervals
+    over trials and every return of the uniform-random and best-constant policies."""
+    from ringrl.stats import interval
+
+    rand, const = base["random"], base["constant"]
+    return {
+        "random_return_mean": float(rand.mean()),
+        "random_return_ci95": interval(rand.mean(1))["ci95"],
+        "random_returns": rand.round(3).tolist(),
+        "constant_action": base["constant_action"],
+        "constant_selection": base["constant_selection"],
+        "constant_return_mean": float(const.mean()),
+        "constant_return_ci95": interval(const.mean(1))["ci95"],
+        "constant_returns": const.round(3).tolist(),
+    }
 
 
 def plot_curve(results: list[dict], path: str | Path, title: str = "") -> None:

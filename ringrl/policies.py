@@ -199,7 +199,7 @@ class TrialHistory:
         self._rew = np.zeros(0, np.float32)
         self.n = 0  # steps of the running episode recorded so far
 
-    def _reserve(self, obs: np.ndarray, act: np.ndarray | None, rows: int) -> None:
+    def _reserve(self, obs: np.ndarray, act: np.ndarray, rows: int) -> None:
         if self._obs is None:
             self._obs = np.zeros((max(rows, 64), *np.shape(obs)), np.float32)
             self._act = np.zeros((len(self._obs), *np.shape(act)), np.float32)
